@@ -1,0 +1,91 @@
+"""Validation of hyperparameters and gradient trees, shared by every building block.
+
+Hyperparameters are only checked when they are concrete Python (or NumPy) numbers.
+Arrays and tracers pass unchecked: `optax.inject_hyperparams` re-calls factories with
+traced scalars, and no Python branch may depend on their values.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import jax
+
+from gradcore_jax._typing import ScalarOrSchedule
+
+
+def is_number(value: Any) -> bool:
+  """True for a concrete Python/NumPy real number (booleans excluded)."""
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_static_zero(value: Any) -> bool:
+  """True only for a concrete number equal to zero.
+
+  Used where a hyperparameter decides the *structure* of the state (momentum 0 needs no
+  buffer): an array or traced value is treated as non-zero so that the state has the
+  same structure whatever value is later injected.
+  """
+  return is_number(value) and value == 0
+
+
+def check_learning_rate(learning_rate: ScalarOrSchedule) -> None:
+  if callable(learning_rate) or not is_number(learning_rate):
+    return
+  if math.isnan(learning_rate) or learning_rate < 0:
+    raise ValueError(f"learning_rate must be a non-negative number or a schedule, got {learning_rate!r}.")
+
+
+def check_non_negative(name: str, value: Any) -> None:
+  if is_number(value) and not value >= 0:  # `not >=` also rejects NaN
+    raise ValueError(f"{name} must be >= 0, got {value!r}.")
+
+
+def check_unit_interval(name: str, value: Any) -> None:
+  """Decay rates live in [0, 1): a rate of 1 never forgets and never learns."""
+  if is_number(value) and not 0 <= value < 1:
+    raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+
+
+def _is_none(x: Any) -> bool:
+  return x is None
+
+
+def check_tree_matches(updates: Any, reference: Any, *, what: str) -> None:
+  """Raises a ValueError naming the first path where `updates` and `reference` differ.
+
+  `None` gradients count as leaves, so a `None` where the reference holds an array is
+  accepted (that leaf simply receives no update).
+  """
+  if jax.tree.structure(updates, is_leaf=_is_none) == jax.tree.structure(reference, is_leaf=_is_none):
+    return
+  got = _leaf_paths(updates)
+  want = _leaf_paths(reference)
+  for g, w in zip(got, want):
+    if g != w:
+      raise ValueError(
+          f"The gradient tree does not match {what}: first difference at gradient path "
+          f"{g or '<root>'} where {what} has {w or '<root>'}."
+      )
+  if len(got) != len(want):
+    extra = (got if len(got) > len(want) else want)[min(len(got), len(want))]
+    raise ValueError(
+        f"The gradient tree does not match {what}: the gradients have {len(got)} leaves, "
+        f"{what} has {len(want)} (first unmatched path: {extra or '<root>'})."
+    )
+  raise ValueError(
+      f"The gradient tree does not match {what}: same paths, different container types "
+      f"({jax.tree.structure(updates, is_leaf=_is_none)} vs {jax.tree.structure(reference, is_leaf=_is_none)})."
+  )
+
+
+def _leaf_paths(tree: Any) -> list[str]:
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)
+  return [jax.tree_util.keystr(path) for path, _ in leaves]
+
+
+def require_params(params: Any, block: str) -> None:
+  if params is None:
+    raise ValueError(f"{block} needs the current parameters: call update(grads, state, params).")

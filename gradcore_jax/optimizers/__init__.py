@@ -1,0 +1,42 @@
+"""PyTorch-exact optimizers as Optax gradient transformations, and a name registry."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import optax
+
+from gradcore_jax.optimizers._alias import adadelta
+from gradcore_jax.optimizers._alias import adagrad
+from gradcore_jax.optimizers._alias import adam
+from gradcore_jax.optimizers._alias import adamax
+from gradcore_jax.optimizers._alias import adamw
+from gradcore_jax.optimizers._alias import nadam
+from gradcore_jax.optimizers._alias import radam
+from gradcore_jax.optimizers._alias import rmsprop
+from gradcore_jax.optimizers._alias import sgd
+from gradcore_jax.optimizers._alias import sgd_ema
+
+OptimizerFactory = Callable[..., optax.GradientTransformationExtraArgs]
+
+_REGISTRY: dict[str, OptimizerFactory] = {
+    f.__name__: f for f in (sgd, sgd_ema, rmsprop, adam, adamw, adagrad, adadelta, adamax, nadam, radam)
+}
+
+
+def names() -> tuple[str, ...]:
+  """The names accepted by `get`, in the order of the README's table."""
+  return tuple(_REGISTRY)
+
+
+def get(name: str) -> OptimizerFactory:
+  """Returns the optimizer factory called `name` (e.g. `"adam"`); ValueError lists the valid names."""
+  try:
+    return _REGISTRY[name]
+  except KeyError:
+    raise ValueError(f"Unknown optimizer {name!r}; choose one of: {', '.join(_REGISTRY)}.") from None
+
+
+__all__ = [
+    "adadelta", "adagrad", "adam", "adamax", "adamw", "get", "nadam", "names", "radam", "rmsprop", "sgd", "sgd_ema",
+]
