@@ -54,27 +54,23 @@ def _is_none(x: Any) -> bool:
 
 
 def check_tree_matches(updates: Any, reference: Any, *, what: str) -> None:
-  """Raises a ValueError naming the first path where `updates` and `reference` differ.
+  """Raises a ValueError naming the first path found on one side only.
 
   `None` gradients count as leaves, so a `None` where the reference holds an array is
   accepted (that leaf simply receives no update).
   """
   if jax.tree.structure(updates, is_leaf=_is_none) == jax.tree.structure(reference, is_leaf=_is_none):
     return
-  got = _leaf_paths(updates)
-  want = _leaf_paths(reference)
-  for g, w in zip(got, want):
-    if g != w:
-      raise ValueError(
-          f"The gradient tree does not match {what}: first difference at gradient path "
-          f"{g or '<root>'} where {what} has {w or '<root>'}."
-      )
-  if len(got) != len(want):
-    extra = (got if len(got) > len(want) else want)[min(len(got), len(want))]
-    raise ValueError(
-        f"The gradient tree does not match {what}: the gradients have {len(got)} leaves, "
-        f"{what} has {len(want)} (first unmatched path: {extra or '<root>'})."
-    )
+  got, want = _leaf_paths(updates), _leaf_paths(reference)
+  extra = [path for path in got if path not in set(want)]
+  missing = [path for path in want if path not in set(got)]
+  if extra or missing:
+    parts = []
+    if extra:
+      parts.append(f"gradient path {extra[0] or '<root>'} has no counterpart in {what}")
+    if missing:
+      parts.append(f"{what} has {missing[0] or '<root>'} with no gradient")
+    raise ValueError(f"The gradient tree does not match {what}: " + "; ".join(parts) + ".")
   raise ValueError(
       f"The gradient tree does not match {what}: same paths, different container types "
       f"({jax.tree.structure(updates, is_leaf=_is_none)} vs {jax.tree.structure(reference, is_leaf=_is_none)})."
