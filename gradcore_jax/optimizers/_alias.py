@@ -27,10 +27,10 @@ Mask = Optional[Union[PyTree, Callable[[PyTree], PyTree]]]
 
 def _torch_chain(
     preconditioner: Sequence[optax.GradientTransformation],
-    *,
     learning_rate: ScalarOrSchedule,
     weight_decay: Scalar,
     maximize: bool,
+    *,
     decoupled: bool = False,
     mask: Mask = None,
 ) -> GradientTransformation:
@@ -72,7 +72,7 @@ def sgd(
     preconditioner.append(transforms.torch_momentum(momentum, dampening, nesterov))
   else:
     _checks.check_non_negative("dampening", dampening)
-  return _torch_chain(preconditioner, learning_rate=learning_rate, weight_decay=weight_decay, maximize=maximize)
+  return _torch_chain(preconditioner, learning_rate, weight_decay, maximize)
 
 
 def sgd_ema(
@@ -89,9 +89,7 @@ def sgd_ema(
 
   Defaults: lr 1e-3, beta 0.9, weight_decay 0 (coupled).
   """
-  return _torch_chain(
-      [transforms.ema_momentum(beta)], learning_rate=learning_rate, weight_decay=weight_decay, maximize=maximize
-  )
+  return _torch_chain([transforms.ema_momentum(beta)], learning_rate, weight_decay, maximize)
 
 
 def rmsprop(
@@ -117,7 +115,7 @@ def rmsprop(
     preconditioner.append(transforms.torch_momentum(momentum))
   else:
     _checks.check_non_negative("momentum", momentum)
-  return _torch_chain(preconditioner, learning_rate=learning_rate, weight_decay=weight_decay, maximize=maximize)
+  return _torch_chain(preconditioner, learning_rate, weight_decay, maximize)
 
 
 def adam(
@@ -137,12 +135,7 @@ def adam(
 
   Defaults: lr 1e-3, b1 0.9, b2 0.999, eps 1e-8, weight_decay 0, amsgrad False.
   """
-  return _torch_chain(
-      [transforms.scale_by_adam(b1, b2, eps, amsgrad)],
-      learning_rate=learning_rate,
-      weight_decay=weight_decay,
-      maximize=maximize,
-  )
+  return _torch_chain([transforms.scale_by_adam(b1, b2, eps, amsgrad)], learning_rate, weight_decay, maximize)
 
 
 def adamw(
@@ -163,12 +156,7 @@ def adamw(
   Defaults: lr 1e-3, b1 0.9, b2 0.999, eps 1e-8, weight_decay 1e-2 (Optax's is 1e-4).
   """
   return _torch_chain(
-      [transforms.scale_by_adam(b1, b2, eps, amsgrad)],
-      learning_rate=learning_rate,
-      weight_decay=weight_decay,
-      maximize=maximize,
-      decoupled=True,
-      mask=mask,
+      [transforms.scale_by_adam(b1, b2, eps, amsgrad)], learning_rate, weight_decay, maximize, decoupled=True, mask=mask
   )
 
 
@@ -192,12 +180,7 @@ def adagrad(
     learning_rate = transforms.inverse_time_decay(learning_rate, lr_decay)
   else:
     _checks.check_non_negative("lr_decay", lr_decay)
-  return _torch_chain(
-      [transforms.scale_by_adagrad(initial_accumulator_value, eps)],
-      learning_rate=learning_rate,
-      weight_decay=weight_decay,
-      maximize=maximize,
-  )
+  return _torch_chain([transforms.scale_by_adagrad(initial_accumulator_value, eps)], learning_rate, weight_decay, maximize)
 
 
 def adadelta(
@@ -214,12 +197,7 @@ def adadelta(
 
   Defaults: lr 1.0, rho 0.9, eps 1e-6, weight_decay 0.
   """
-  return _torch_chain(
-      [transforms.scale_by_adadelta(rho, eps)],
-      learning_rate=learning_rate,
-      weight_decay=weight_decay,
-      maximize=maximize,
-  )
+  return _torch_chain([transforms.scale_by_adadelta(rho, eps)], learning_rate, weight_decay, maximize)
 
 
 def adamax(
@@ -236,12 +214,7 @@ def adamax(
 
   Defaults: lr 2e-3, b1 0.9, b2 0.999, eps 1e-8, weight_decay 0.
   """
-  return _torch_chain(
-      [transforms.scale_by_adamax(b1, b2, eps)],
-      learning_rate=learning_rate,
-      weight_decay=weight_decay,
-      maximize=maximize,
-  )
+  return _torch_chain([transforms.scale_by_adamax(b1, b2, eps)], learning_rate, weight_decay, maximize)
 
 
 def nadam(
@@ -260,12 +233,7 @@ def nadam(
 
   Defaults: lr 2e-3, b1 0.9, b2 0.999, eps 1e-8, weight_decay 0, momentum_decay 4e-3.
   """
-  return _torch_chain(
-      [transforms.scale_by_nadam(b1, b2, eps, momentum_decay)],
-      learning_rate=learning_rate,
-      weight_decay=weight_decay,
-      maximize=maximize,
-  )
+  return _torch_chain([transforms.scale_by_nadam(b1, b2, eps, momentum_decay)], learning_rate, weight_decay, maximize)
 
 
 def radam(
@@ -284,9 +252,4 @@ def radam(
 
   Defaults: lr 1e-3, b1 0.9, b2 0.999, eps 1e-8, weight_decay 0.
   """
-  return _torch_chain(
-      [transforms.scale_by_radam(b1, b2, eps)],
-      learning_rate=learning_rate,
-      weight_decay=weight_decay,
-      maximize=maximize,
-  )
+  return _torch_chain([transforms.scale_by_radam(b1, b2, eps)], learning_rate, weight_decay, maximize)
