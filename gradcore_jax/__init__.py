@@ -4,10 +4,19 @@ The optimizers are Optax `GradientTransformation`s that reproduce `torch.optim`:
 
     import gradcore_jax as gcj
     tx = gcj.rmsprop(1e-3, alpha=0.99)
+
+Modules: `optimizers`, `transforms` (their building blocks), `losses`, `metrics`, `data`
+(`DataLoader`), `training` (`fit`, `evaluate`, `TrainingStats`).
 """
 
+from gradcore_jax import data
+from gradcore_jax import losses
+from gradcore_jax import metrics
 from gradcore_jax import optimizers
+from gradcore_jax import training
 from gradcore_jax import transforms
+from gradcore_jax.data import Batch
+from gradcore_jax.data import DataLoader
 from gradcore_jax.memory import StateMemory
 from gradcore_jax.memory import state_memory
 from gradcore_jax.optimizers import adadelta
@@ -20,16 +29,31 @@ from gradcore_jax.optimizers import radam
 from gradcore_jax.optimizers import rmsprop
 from gradcore_jax.optimizers import sgd
 from gradcore_jax.optimizers import sgd_ema
+from gradcore_jax.training import FitResult
+from gradcore_jax.training import NonFiniteLossError
+from gradcore_jax.training import TrainingStats
+from gradcore_jax.training import evaluate
+from gradcore_jax.training import fit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Batch",
+    "DataLoader",
+    "FitResult",
+    "NonFiniteLossError",
     "StateMemory",
+    "TrainingStats",
     "adadelta",
     "adagrad",
     "adam",
     "adamax",
     "adamw",
+    "data",
+    "evaluate",
+    "fit",
+    "losses",
+    "metrics",
     "nadam",
     "optimizers",
     "radam",
@@ -37,5 +61,6 @@ __all__ = [
     "sgd",
     "sgd_ema",
     "state_memory",
+    "training",
     "transforms",
 ]

@@ -1,0 +1,203 @@
+"""A deterministic, fixed-shape batch loader over in-memory arrays.
+
+Every batch has exactly `batch_size` rows, so a jitted training step compiles once. A
+short last batch is padded with copies of real examples and carries a boolean `mask`
+that is `False` on the padding: losses and metrics exclude those rows, so they count
+for nothing.
+
+The order of an epoch is a pure function of `(seed, epoch)`: the loader keeps no
+random state, and its position in a run is fully described by `(seed, epoch, batch)`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Iterator, NamedTuple
+
+import jax
+import numpy as np
+
+from gradcore_jax._typing import PyTree
+
+
+class Batch(NamedTuple):
+  """One fixed-shape batch.
+
+  Attributes:
+    data: the pytree given to the loader, every leaf cut to `batch_size` rows.
+    mask: bool array of shape `(batch_size,)`; `True` on real rows, `False` on padding.
+    size: the number of real rows (`mask.sum()`), as a Python int.
+  """
+
+  data: PyTree
+  mask: np.ndarray
+  size: int
+
+
+class DataLoader:
+  """Fixed-shape batches over NumPy arrays or pytrees of arrays with a shared first axis.
+
+  Args:
+    data: an array or a pytree of arrays (e.g. `(x, y)` or `{"x": x, "y": y}`); axis 0
+      indexes the examples and must have the same length in every leaf.
+    batch_size: rows per batch (>= 1).
+    shuffle: reorder the examples each epoch.
+    seed: non-negative int; epoch `e` uses the permutation drawn from
+      `np.random.default_rng((seed, e))`, so every epoch differs and each is
+      reproducible on its own.
+    drop_last: drop the short last batch instead of padding it.
+
+  `len(loader)` is the number of batches per epoch. `loader.epoch(e)` yields the batches
+  of epoch `e` and is what `gradcore_jax.training.fit` uses. Iterating the loader itself
+  walks epochs 0, 1, 2, ... in turn (each new `iter(loader)` is the next epoch), so a
+  hand-written `for batch in loader` loop reshuffles every epoch; that counter is the
+  loader's only state and `epoch(e)` never touches it.
+
+  Arrays are kept in the dtype JAX gives them (int64/float64 become int32/float32 unless
+  `jax_enable_x64` is on), so no step converts them again. Each epoch is gathered with one
+  fancy index per array (one epoch-sized copy), then cut into batches without copies.
+  """
+
+  def __init__(
+      self,
+      data: PyTree,
+      *,
+      batch_size: int,
+      shuffle: bool = False,
+      seed: int = 0,
+      drop_last: bool = False,
+  ) -> None:
+    self._leaves, self._treedef = _as_example_arrays(data)
+    self._num_examples = self._leaves[0].shape[0]
+    self._batch_size = _check_int("batch_size", batch_size, minimum=1)
+    self._seed = _check_int("seed", seed, minimum=0)
+    self._shuffle = bool(shuffle)
+    self._drop_last = bool(drop_last)
+    self._next_epoch = 0
+    if len(self) == 0:
+      raise ValueError(
+          f"batch_size={batch_size} with drop_last=True leaves no batch: the dataset has only "
+          f"{self._num_examples} examples."
+      )
+
+  @property
+  def batch_size(self) -> int:
+    return self._batch_size
+
+  @property
+  def num_examples(self) -> int:
+    """Examples in the dataset."""
+    return self._num_examples
+
+  @property
+  def examples_per_epoch(self) -> int:
+    """Real (unpadded) examples one epoch visits: all of them unless `drop_last` drops some."""
+    if self._drop_last:
+      return len(self) * self._batch_size
+    return self._num_examples
+
+  @property
+  def seed(self) -> int:
+    """With the epoch and the batch index, the whole position of a run in this loader."""
+    return self._seed
+
+  def __len__(self) -> int:
+    if self._drop_last:
+      return self._num_examples // self._batch_size
+    return math.ceil(self._num_examples / self._batch_size)
+
+  def __iter__(self) -> Iterator[Batch]:
+    self._next_epoch += 1
+    return self.epoch(self._next_epoch - 1)
+
+  def __repr__(self) -> str:
+    return (
+        f"DataLoader(num_examples={self._num_examples}, batch_size={self._batch_size}, "
+        f"shuffle={self._shuffle}, seed={self._seed}, drop_last={self._drop_last})"
+    )
+
+  @property
+  def spec(self) -> Batch:
+    """The shape of every batch: a `Batch` of `jax.ShapeDtypeStruct`s, for `jax.eval_shape`."""
+    data = [jax.ShapeDtypeStruct((self._batch_size,) + leaf.shape[1:], leaf.dtype) for leaf in self._leaves]
+    mask = jax.ShapeDtypeStruct((self._batch_size,), np.bool_)
+    return Batch(jax.tree.unflatten(self._treedef, data), mask, self._batch_size)
+
+  def order(self, epoch: int) -> np.ndarray:
+    """The example indices of epoch `epoch`, in visiting order (all examples, before `drop_last`)."""
+    epoch = _check_int("epoch", epoch, minimum=0)
+    if not self._shuffle:
+      return np.arange(self._num_examples)
+    return np.random.default_rng((self._seed, epoch)).permutation(self._num_examples)
+
+  def stacked(self, epoch: int, *, start: int = 0) -> Batch:
+    """All batches of `epoch` from batch `start` on, stacked on a new leading axis.
+
+    Leaves have shape `(len(self) - start, batch_size, ...)`, `mask` has shape
+    `(len(self) - start, batch_size)` and `size` counts the real rows in all of them.
+    This is the epoch as one array per leaf, the form a compiled (`lax.scan`) epoch takes.
+    """
+    start = _check_int("start", start, minimum=0)
+    if start > len(self):
+      raise ValueError(f"start must be <= the number of batches ({len(self)}), got {start}.")
+    index, mask = self._epoch_index(epoch)
+    index, mask = index[start:], mask[start:]
+    gathered = [leaf[index] for leaf in self._leaves]
+    return Batch(jax.tree.unflatten(self._treedef, gathered), mask, int(mask.sum()))
+
+  def epoch(self, epoch: int, *, start: int = 0) -> Iterator[Batch]:
+    """The batches of epoch `epoch`, beginning at batch `start` (to resume mid-epoch).
+
+    Arguments are checked and the epoch gathered at the call, not at the first `next`.
+    """
+    return self._unstack(self.stacked(epoch, start=start))
+
+  def _unstack(self, stacked: Batch) -> Iterator[Batch]:
+    leaves = jax.tree.leaves(stacked.data)
+    sizes = stacked.mask.sum(axis=1).tolist()
+    for i, (mask, size) in enumerate(zip(stacked.mask, sizes)):
+      yield Batch(jax.tree.unflatten(self._treedef, [leaf[i] for leaf in leaves]), mask, size)
+
+  def _epoch_index(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices and mask of shape `(len(self), batch_size)`.
+
+    The padding of a short last batch repeats the epoch's first examples (always real
+    data, so a model sees finite, in-distribution values there), and is masked out.
+    """
+    order = self.order(epoch)[: self.examples_per_epoch]
+    slots = len(self) * self._batch_size
+    index = np.resize(order, slots).reshape(len(self), self._batch_size)
+    mask = (np.arange(slots) < order.size).reshape(len(self), self._batch_size)
+    return index, mask
+
+
+def _as_example_arrays(data: PyTree) -> tuple[list[np.ndarray], Any]:
+  """Flattens `data` into NumPy leaves that share a non-empty leading axis."""
+  with_paths, treedef = jax.tree_util.tree_flatten_with_path(data)
+  if not with_paths:
+    raise ValueError("data holds no arrays: pass an array or a pytree of arrays, e.g. (x, y).")
+  leaves, lengths = [], {}
+  for path, leaf in with_paths:
+    name = f"data{jax.tree_util.keystr(path)}"
+    array = np.asarray(leaf)
+    array = array.astype(jax.dtypes.canonicalize_dtype(array.dtype), copy=False)
+    if array.ndim == 0:
+      raise ValueError(f"{name} is a scalar: every array in data needs a leading example axis.")
+    leaves.append(array)
+    lengths[name] = array.shape[0]
+  if len(set(lengths.values())) > 1:
+    listed = ", ".join(f"{name}: {n}" for name, n in lengths.items())
+    raise ValueError(f"data arrays must have the same leading dimension (number of examples); got {listed}.")
+  if leaves[0].shape[0] == 0:
+    raise ValueError("data is empty: its arrays have 0 examples.")
+  return leaves, treedef
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> int:
+  """`value` as an int, or a ValueError naming `name` when it is not an integer >= `minimum`."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise ValueError(f"{name} must be an integer, got {value!r}.")
+  if value < minimum:
+    raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+  return int(value)

@@ -1,0 +1,15 @@
+"""Training: `fit` and `evaluate` for apply functions, Flax linen and Flax NNX models.
+
+`fit` runs one compiled, donating train step per batch and records `TrainingStats`, which
+keep the three figures of a training run apart: the loss of each batch (what its gradient
+saw), the epoch's running loss (every example of the epoch counted once) and the
+evaluation (fixed params, the whole evaluation set).
+"""
+
+from gradcore_jax.training._fit import FitResult
+from gradcore_jax.training._fit import NonFiniteLossError
+from gradcore_jax.training._fit import evaluate
+from gradcore_jax.training._fit import fit
+from gradcore_jax.training._stats import TrainingStats
+
+__all__ = ["FitResult", "NonFiniteLossError", "TrainingStats", "evaluate", "fit"]
