@@ -1,4 +1,4 @@
-"""Validation of hyperparameters and gradient trees, shared by every building block.
+"""Validation of hyperparameters, gradient trees and leaf dtypes, shared by every building block.
 
 Hyperparameters are only checked when they are concrete Python (or NumPy) numbers.
 Arrays and tracers pass unchecked: `optax.inject_hyperparams` re-calls factories with
@@ -12,6 +12,8 @@ import numbers
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from gradcore_jax._typing import ScalarOrSchedule
 
@@ -60,6 +62,7 @@ def check_tree_matches(updates: Any, reference: Any, *, what: str) -> None:
   accepted (that leaf simply receives no update).
   """
   if jax.tree.structure(updates, is_leaf=_is_none) == jax.tree.structure(reference, is_leaf=_is_none):
+    _check_leaf_shapes(updates, reference, what)
     return
   got, want = _leaf_paths(updates), _leaf_paths(reference)
   extra = [path for path in got if path not in set(want)]
@@ -75,6 +78,49 @@ def check_tree_matches(updates: Any, reference: Any, *, what: str) -> None:
       f"The gradient tree does not match {what}: same paths, different container types "
       f"({jax.tree.structure(updates, is_leaf=_is_none)} vs {jax.tree.structure(reference, is_leaf=_is_none)})."
   )
+
+
+def _check_leaf_shapes(updates: Any, reference: Any, what: str) -> None:
+  """Same tree structure: a gradient leaf shaped unlike its reference leaf would broadcast silently."""
+  pairs = list(zip(jax.tree.leaves(updates, is_leaf=_is_none), jax.tree.leaves(reference, is_leaf=_is_none)))
+  if all(g is None or r is None or np.shape(g) == np.shape(r) for g, r in pairs):
+    return
+  path, g, r = next(
+      (path, g, r)
+      for path, (g, r) in zip(_leaf_paths(updates), pairs)
+      if g is not None and r is not None and np.shape(g) != np.shape(r)
+  )
+  raise ValueError(
+      f"The gradient tree does not match {what}: the gradient at {path or '<root>'} has shape "
+      f"{np.shape(g)}, but the leaf of {what} there has shape {np.shape(r)}."
+  )
+
+
+def check_real_floating(tree: Any, *, what: str) -> None:
+  """Raises a TypeError naming the first leaf of `tree` that is not a real floating-point array.
+
+  The update rules (square roots, moving averages, a learning rate times the gradient)
+  are defined for real floats only. Integer leaves would be silently truncated; complex
+  ones would need a rule for `|g|**2` and for conjugation, on which torch and JAX differ.
+  `None` leaves (no gradient) and masked-out leaves are skipped.
+  """
+  if all(_is_real_floating(leaf) for leaf in jax.tree.leaves(tree)):
+    return
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if not _is_real_floating(leaf):
+      raise TypeError(
+          f"The {what} at {jax.tree_util.keystr(path) or '<root>'} has dtype {_dtype(leaf)}; the optimizers "
+          "need real floating-point leaves (float16, bfloat16, float32 or float64). Cast the leaf, or keep "
+          "it out of the optimizer with `optax.masked` or `optax.partition`."
+      )
+
+
+def _dtype(leaf: Any) -> np.dtype:
+  return leaf.dtype if hasattr(leaf, "dtype") else np.result_type(leaf)
+
+
+def _is_real_floating(leaf: Any) -> bool:
+  return jnp.issubdtype(_dtype(leaf), jnp.floating)
 
 
 def _leaf_paths(tree: Any) -> list[str]:

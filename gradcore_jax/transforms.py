@@ -354,13 +354,24 @@ def scale_by_rms(alpha: Scalar = 0.99, eps: Scalar = 1e-8, centered: bool = Fals
     square_avg = _map_state(lambda g, v: _ema(v, g * g, alpha), updates, state.square_avg)
     if centered:
       grad_avg = _map_state(lambda g, m: _ema(m, g, alpha), updates, state.grad_avg)
-      updates = _map_updates(lambda g, v, m: g / rms_denominator(v - m * m, eps), updates, square_avg, grad_avg)
+      updates = _map_updates(lambda g, v, m: g / rms_denominator(_variance(v, m), eps), updates, square_avg, grad_avg)
     else:
       grad_avg = None
       updates = _map_updates(lambda g, v: g / rms_denominator(v, eps), updates, square_avg)
     return updates, ScaleByRmsState(square_avg=square_avg, grad_avg=grad_avg)
 
   return GradientTransformation(init_fn, update_fn)
+
+
+def _variance(square_avg: Array, grad_avg: Array) -> Array:
+  """`v - gbar**2`, clamped at 0.
+
+  Non-negative in exact arithmetic, but where the gradient barely varies (a constant
+  gradient, or `alpha = 0`) the two terms agree to the last bit and rounding can leave a
+  tiny negative number, whose root is NaN. XLA contracts `v - m * m` into a fused
+  multiply-add, so a jitted update hit this where an eager one gave 0.
+  """
+  return jnp.maximum(square_avg - grad_avg * grad_avg, 0)
 
 
 class ScaleByAdamState(NamedTuple):

@@ -47,7 +47,27 @@ def _torch_chain(
   if decays and decoupled:
     blocks.append(transforms.decoupled_weight_decay(weight_decay, mask))
   blocks.append(transforms.scale_by_learning_rate(learning_rate))
-  return optax.chain(*blocks)
+  return _checked(optax.chain(*blocks))
+
+
+def _checked(tx: optax.GradientTransformation) -> GradientTransformation:
+  """`tx` that first checks its inputs: real floating-point params and gradients, matching trees.
+
+  The state is `tx`'s own, so wrapping changes nothing but the errors: a bad input raises
+  before any block runs (and, under `jit`, at trace time, before buffers are donated).
+  """
+
+  def init_fn(params):
+    _checks.check_real_floating(params, what="param")
+    return tx.init(params)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    _checks.check_real_floating(updates, what="gradient")
+    if params is not None:
+      _checks.check_tree_matches(updates, params, what="the params")
+    return tx.update(updates, state, params, **extra_args)
+
+  return GradientTransformation(init_fn, update_fn)
 
 
 def sgd(

@@ -1,0 +1,223 @@
+"""Bad input to the optimizers: clear errors that name the leaf, and nothing half-updated.
+
+* A gradient tree unlike the state's (or the params') raises a ValueError naming a path
+  found on one side only, or the path whose leaf has another shape (such a leaf would
+  otherwise broadcast and silently reshape the state and the params).
+* Integer, boolean and complex leaves are not supported: `init` rejects such params and
+  `update` such gradients with a TypeError naming the leaf. Leaves kept out with
+  `optax.masked` are never seen, so integer buffers can live in the same tree.
+* States are immutable NamedTuples of immutable arrays and `update` returns a new one, so
+  a failed update leaves the caller's state as it was, even with donated buffers under
+  `jit` (the checks run at trace time, before anything is donated).
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradcore_jax as gcj
+
+NAMES = gcj.optimizers.names()
+
+
+def make_optimizer(name: str) -> optax.GradientTransformation:
+  """Each optimizer with state (SGD with momentum); defaults otherwise."""
+  return gcj.sgd(1e-2, momentum=0.9) if name == "sgd" else gcj.optimizers.get(name)(1e-2)
+
+
+def make_params(dtype=jnp.float32):
+  return {
+      "layers": [
+          {"w": jnp.full((3, 2), 0.5, dtype), "b": jnp.zeros((2,), dtype)},
+          {"w": jnp.full((2, 1), -0.5, dtype), "b": jnp.zeros((1,), dtype)},
+      ],
+      "scale": jnp.asarray(2.0, dtype),
+  }
+
+
+def make_grads():
+  return jax.tree.map(lambda p: jnp.full_like(p, 0.25), make_params())
+
+
+def _drop_bias(grads):
+  del grads["layers"][1]["b"]
+  return grads
+
+
+def _rename_bias(grads):
+  grads["layers"][1]["bias"] = grads["layers"][1].pop("b")
+  return grads
+
+
+def _extra_layer(grads):
+  grads["layers"].append({"w": jnp.ones((1, 1)), "b": jnp.ones((1,))})
+  return grads
+
+
+def _tuple_for_list(grads):
+  grads["layers"] = tuple(grads["layers"])
+  return grads
+
+
+def _transposed_weight(grads):
+  grads["layers"][0]["w"] = grads["layers"][0]["w"].T
+  return grads
+
+
+def _broadcastable_bias(grads):
+  grads["layers"][0]["b"] = grads["layers"][0]["b"][:1]  # (1,) broadcasts against (2,)
+  return grads
+
+
+# (id, how the gradients are spoiled, a regex the message must match)
+MISMATCHES = [
+    ("missing-leaf", _drop_bias, r"\['layers'\]\[1\]\['b'\] with no gradient"),
+    ("renamed-leaf", _rename_bias, r"gradient path \['layers'\]\[1\]\['bias'\] has no counterpart"),
+    ("extra-subtree", _extra_layer, r"gradient path \['layers'\]\[2\]\['b'\] has no counterpart"),
+    ("container-type", _tuple_for_list, r"same paths, different container types"),
+    ("transposed", _transposed_weight, r"gradient at \['layers'\]\[0\]\['w'\] has shape \(2, 3\).*\(3, 2\)"),
+    ("broadcastable", _broadcastable_bias, r"gradient at \['layers'\]\[0\]\['b'\] has shape \(1,\).*\(2,\)"),
+]
+MISMATCH_IDS = [m[0] for m in MISMATCHES]
+
+
+@pytest.mark.parametrize("mismatch", MISMATCHES, ids=MISMATCH_IDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_mismatched_gradients_name_the_path_against_the_state(name, mismatch):
+  _, spoil, message = mismatch
+  tx = make_optimizer(name)
+  state = tx.init(make_params())
+  with pytest.raises(ValueError, match=message):
+    tx.update(spoil(make_grads()), state)
+
+
+@pytest.mark.parametrize("mismatch", MISMATCHES, ids=MISMATCH_IDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_mismatched_gradients_name_the_path_against_the_params(name, mismatch):
+  """Also for plain SGD, which has no state to compare with."""
+  _, spoil, message = mismatch
+  tx = gcj.optimizers.get(name)(1e-2)
+  params = make_params()
+  with pytest.raises(ValueError, match=r"does not match the params: .*" + message):
+    tx.update(spoil(make_grads()), tx.init(params), params)
+
+
+def test_a_broadcastable_gradient_would_otherwise_reshape_the_params():
+  """Why shapes are checked: without the check this bias would have become (2, 2)."""
+  params = {"b": jnp.zeros((2,))}
+  assert optax.apply_updates(params, {"b": jnp.ones((2, 1))})["b"].shape == (2, 2)
+  tx = gcj.adam()
+  with pytest.raises(ValueError, match=r"\['b'\] has shape \(2, 1\)"):
+    tx.update({"b": jnp.ones((2, 1))}, tx.init(params), params)
+
+
+UNSUPPORTED = [jnp.int32, jnp.uint8, jnp.bool_, jnp.complex64]
+
+
+@pytest.mark.parametrize("dtype", UNSUPPORTED, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("name", NAMES)
+def test_integer_bool_and_complex_params_are_rejected_at_init(name, dtype):
+  params = make_params()
+  params["layers"][1]["w"] = jnp.ones((2, 1), dtype)
+  with pytest.raises(TypeError, match=rf"param at \['layers'\]\[1\]\['w'\] has dtype {jnp.dtype(dtype).name}"):
+    make_optimizer(name).init(params)
+
+
+def test_a_python_int_param_is_rejected_and_a_python_float_accepted():
+  tx = gcj.adam()
+  with pytest.raises(TypeError, match=r"param at \['n'\] has dtype int"):
+    tx.init({"n": 3, "x": 1.0})
+  chex.assert_trees_all_equal(tx.init({"x": 1.0})[0].mu, {"x": jnp.zeros(())})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_integer_and_float0_gradients_are_rejected_at_update(name):
+  tx = make_optimizer(name)
+  params = make_params()
+  state = tx.init(params)
+  grads = make_grads()
+  grads["scale"] = jnp.asarray(1, jnp.int32)
+  with pytest.raises(TypeError, match=r"gradient at \['scale'\] has dtype int32"):
+    tx.update(grads, state, params)
+  # What `jax.grad(..., allow_int=True)` returns for an integer input.
+  grads["scale"] = np.zeros((), jax.dtypes.float0)
+  with pytest.raises(TypeError, match=r"gradient at \['scale'\] has dtype"):
+    tx.update(grads, state, params)
+
+
+def test_integer_leaves_masked_out_of_the_optimizer_are_never_seen():
+  params = {**make_params(), "steps_seen": jnp.asarray(7, jnp.int32)}
+  is_float = {**jax.tree.map(lambda _: True, make_params()), "steps_seen": False}
+  tx = optax.masked(gcj.adam(0.1), is_float)
+  grads = {**make_grads(), "steps_seen": jnp.asarray(0, jnp.int32)}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  alone = gcj.adam(0.1)
+  expected, _ = alone.update(make_grads(), alone.init(make_params()), make_params())
+  chex.assert_trees_all_equal({k: v for k, v in updates.items() if k != "steps_seen"}, expected)
+
+
+# ----------------------------------------------------------------- nothing half-updated
+
+
+def _snapshot(tree):
+  return jax.tree.map(np.array, tree)
+
+
+def _spoiled_calls(tx, params):
+  """Updates that fail: a missing leaf, a wrong shape, an integer gradient."""
+  bad_dtype = make_grads()
+  bad_dtype["scale"] = jnp.asarray(1, jnp.int32)
+  return [
+      lambda state: tx.update(_drop_bias(make_grads()), state, params),
+      lambda state: tx.update(_transposed_weight(make_grads()), state, params),
+      lambda state: tx.update(bad_dtype, state, params),
+  ]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_failed_update_leaves_the_state_as_it_was(name):
+  tx = make_optimizer(name)
+  params = make_params()
+  _, state = tx.update(make_grads(), tx.init(params), params)  # a state that is not all zeros
+  before = _snapshot(state)
+  leaves_before = jax.tree.leaves(state)
+  for call in _spoiled_calls(tx, params):
+    with pytest.raises((ValueError, TypeError)):
+      call(state)
+  assert all(a is b for a, b in zip(jax.tree.leaves(state), leaves_before, strict=True))
+  chex.assert_trees_all_equal(_snapshot(state), before)
+  # ... and it still takes the step it would have taken without the failures.
+  fresh_state = tx.update(make_grads(), tx.init(params), params)[1]
+  chex.assert_trees_all_equal(tx.update(make_grads(), state, params), tx.update(make_grads(), fresh_state, params))
+
+
+def test_a_chain_failing_in_its_last_block_returns_no_partial_state():
+  """AdamW's decoupled decay needs params; it runs after the Adam block has made new moments."""
+  tx = gcj.adamw(1e-2, weight_decay=0.1)
+  params = make_params()
+  state = tx.init(params)
+  with pytest.raises(ValueError, match="needs the current parameters"):
+    tx.update(make_grads(), state)
+  assert int(state[0].count) == 0
+  chex.assert_trees_all_equal(state[0].mu, jax.tree.map(jnp.zeros_like, params))
+  with pytest.raises(AttributeError):
+    state[0].count = 5  # NamedTuple fields cannot be reassigned
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_failed_donating_jitted_update_consumes_no_buffers(name):
+  tx = make_optimizer(name)
+  params = make_params()
+  state = tx.init(params)
+  step = jax.jit(tx.update, donate_argnums=1)
+  with pytest.raises(ValueError, match=r"\['layers'\]\[0\]\['w'\]"):
+    step(_transposed_weight(make_grads()), state, params)
+  assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(state))
+  chex.assert_trees_all_equal(state, tx.init(params))
+  updates, _ = step(make_grads(), state, params)  # the same state can still be donated
+  chex.assert_tree_all_finite(updates)

@@ -1,0 +1,241 @@
+"""Property tests (hypothesis) for every optimizer over random trees, dtypes and hyperparameters.
+
+Each example draws a tree (nested dicts, lists and tuples, up to 3 leaves of rank 0 to 2),
+a dtype per leaf (float16, bfloat16 and float32 mixed, or float64 throughout, under
+`jax.enable_x64(True)` and never globally), valid hyperparameters, params and `STEPS`
+gradients, and checks:
+
+* `init` is idempotent and depends only on shapes and dtypes;
+* every update is finite, shaped and typed like its gradient;
+* the state keeps its structure, shapes and dtypes across updates;
+* the same steps under `jax.jit` agree with the eager ones.
+
+The input domain is where these hold in exact arithmetic *and* in the leaf's dtype:
+|values| <= `MAX_ABS` (float16's 65504 bounds `g**2` and the accumulators), and `eps > 0`
+(with `eps = 0` a zero gradient gives 0/0, as in torch). When a tree holds a float16
+leaf, `eps >= FLOAT16_EPS`: the second moment `(1 - b2) g**2` of a small float16 gradient
+underflows to 0, and an eps that float16 cannot hold (1e-8) then divides by zero; and
+`b2 >= b1` for the Adam family: with a second moment that forgets faster than the first,
+`m / sqrt(v)` (Adamax: `m / u`) reaches `MAX_ABS / eps`, past float16's range. Both are
+limits of keeping the state in float16, shared with torch (whose float16 Adam turns a
+1e-3 gradient into -inf), not of the rules.
+
+Set GRADCORE_PROPERTY_EXAMPLES to run more examples than the quick default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import gradcore_jax as gcj
+
+EXAMPLES = int(os.environ.get("GRADCORE_PROPERTY_EXAMPLES", "15"))
+STEPS = 7  # RAdam rectifies from step 6 on
+MAX_ABS = 100.0
+FLOAT16_EPS = 1e-4
+# jit against eager, relative to the leaf's largest magnitude: XLA may keep excess
+# precision inside a fused float16/bfloat16 computation that eager mode rounds op by op.
+JIT_TOLERANCE = {jnp.float16: 1e-2, jnp.bfloat16: 4e-2, jnp.float32: 1e-5, jnp.float64: 1e-12}
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+  """A leaf's shape and dtype (not a pytree node, so a tree of them has these as leaves)."""
+
+  shape: tuple[int, ...]
+  dtype: type
+
+
+# A small pool of shapes and one x64 family: eager mode compiles every primitive for every
+# new (shape, dtype), and a small pool pays that once per suite rather than per example.
+SHAPES = [(), (3,), (1, 3), (3, 3)]
+FAMILIES = [(jnp.float16, jnp.bfloat16, jnp.float32), (jnp.float64,)]
+
+
+def _leaves(family) -> st.SearchStrategy[Leaf]:
+  return st.builds(Leaf, st.sampled_from(SHAPES), st.sampled_from(family))
+
+
+def _trees(family) -> st.SearchStrategy:
+  """Nested dicts, lists and tuples of up to 3 leaves, each of a dtype drawn from `family`."""
+  return st.recursive(
+      _leaves(family),
+      lambda children: st.one_of(
+          st.lists(children, min_size=1, max_size=3),
+          st.lists(children, min_size=1, max_size=3).map(tuple),
+          st.dictionaries(st.sampled_from("abcd"), children, min_size=1, max_size=3),
+      ),
+      max_leaves=3,
+  )
+
+
+def _values(leaf: Leaf) -> st.SearchStrategy[np.ndarray]:
+  """Finite values of `leaf`'s dtype, zeros and subnormals included (bfloat16 via float32)."""
+  numpy_dtype = {jnp.float16: np.float16, jnp.float64: np.float64}.get(leaf.dtype, np.float32)
+  width = np.dtype(numpy_dtype).itemsize * 8
+  elements = st.floats(-MAX_ABS, MAX_ABS, width=width)
+  return hnp.arrays(numpy_dtype, leaf.shape, elements=elements).map(lambda a: np.asarray(a, leaf.dtype))
+
+
+def _tree_of_values(draw, spec):
+  return jax.tree.map(lambda leaf: draw(_values(leaf)), spec)
+
+
+# ------------------------------------------------------------------ valid hyperparameters
+
+decay = st.floats(0.0, 0.999)
+weight_decay = st.one_of(st.just(0.0), st.floats(1e-4, 0.1))
+constant_lr = st.one_of(st.just(0.0), st.floats(1e-4, 1.0))
+learning_rate = st.one_of(
+    constant_lr,
+    st.builds(lambda lr, rate: optax.exponential_decay(lr, 1, rate), constant_lr, st.floats(0.5, 1.0)),
+)
+
+
+def _eps(half: bool) -> st.SearchStrategy[float]:
+  return st.floats(FLOAT16_EPS if half else 1e-8, 1e-2)
+
+
+def _sgd(half):
+  del half
+  return st.one_of(
+      st.fixed_dictionaries({"momentum": st.floats(0.0, 0.99), "dampening": st.floats(0.0, 1.0)}),
+      st.fixed_dictionaries({"momentum": st.floats(0.01, 0.99), "nesterov": st.just(True)}),
+  )
+
+
+@st.composite
+def _adam_like(draw, half, **extra):
+  """b1, b2 and eps; in float16 also `b2 >= b1` (see the module docstring)."""
+  b1 = draw(decay)
+  b2 = draw(st.floats(b1 if half else 0.0, 0.9999))
+  return {"b1": b1, "b2": b2, "eps": draw(_eps(half)), **{k: draw(v) for k, v in extra.items()}}
+
+
+HYPERPARAMETERS = {
+    "sgd": _sgd,
+    "sgd_ema": lambda half: st.fixed_dictionaries({"beta": decay}),
+    "rmsprop": lambda half: st.fixed_dictionaries(
+        {"alpha": decay, "eps": _eps(half), "momentum": st.floats(0.0, 0.99), "centered": st.booleans()}
+    ),
+    "adam": lambda half: _adam_like(half, amsgrad=st.booleans()),
+    "adamw": lambda half: _adam_like(half, amsgrad=st.booleans()),
+    "adagrad": lambda half: st.fixed_dictionaries(
+        {"lr_decay": st.floats(0.0, 1.0), "initial_accumulator_value": st.floats(0.0, 1.0), "eps": _eps(half)}
+    ),
+    "adadelta": lambda half: st.fixed_dictionaries({"rho": decay, "eps": _eps(half)}),
+    "adamax": _adam_like,
+    "nadam": lambda half: _adam_like(half, momentum_decay=st.floats(0.0, 0.1)),
+    "radam": _adam_like,
+}
+
+
+def test_every_optimizer_has_hyperparameters():
+  assert set(HYPERPARAMETERS) == set(gcj.optimizers.names())
+
+
+@st.composite
+def problems(draw, name: str):
+  """(tree of Leaf, optimizer kwargs, params, [grads] * STEPS), all valid for `name`."""
+  spec = draw(_trees(draw(st.sampled_from(FAMILIES))))
+  half = any(leaf.dtype == jnp.float16 for leaf in jax.tree.leaves(spec))
+  kwargs = {
+      "learning_rate": draw(learning_rate),
+      "weight_decay": draw(weight_decay),
+      "maximize": draw(st.booleans()),
+      **draw(HYPERPARAMETERS[name](half)),
+  }
+  params = _tree_of_values(draw, spec)
+  grads = [_tree_of_values(draw, spec) for _ in range(STEPS)]
+  return spec, kwargs, params, grads
+
+
+# ---------------------------------------------------------------------------- the checks
+
+
+def _assert_like(tree, reference, what: str) -> None:
+  """Same structure, and leaf by leaf the same shape and dtype."""
+  chex.assert_trees_all_equal_structs(tree, reference)
+  for (path, b), a in zip(jax.tree_util.tree_flatten_with_path(reference)[0], jax.tree.leaves(tree)):
+    where = jax.tree_util.keystr(path)
+    assert (a.shape, a.dtype) == (b.shape, b.dtype), f"{what} at {where}: {a.shape} {a.dtype}, not {b.shape} {b.dtype}"
+
+
+def _run(tx, params, grads, update):
+  """`STEPS` updates through `update`; checks every one; returns the updates."""
+  state0 = tx.init(params)
+  state, history = state0, []
+  for g in grads:
+    updates, state = update(g, state, params)
+    _assert_like(updates, g, "update")
+    chex.assert_tree_all_finite(updates)
+    _assert_like(state, state0, "state")
+    params = optax.apply_updates(params, updates)
+    history.append(updates)
+  return history
+
+
+def _assert_jit_agrees(eager, jitted, spec) -> None:
+  for step, (a_tree, b_tree) in enumerate(zip(eager, jitted)):
+    for leaf, a, b in zip(jax.tree.leaves(spec), jax.tree.leaves(a_tree), jax.tree.leaves(b_tree)):
+      a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+      tol = JIT_TOLERANCE[leaf.dtype]
+      np.testing.assert_allclose(b, a, rtol=tol, atol=tol * np.max(np.abs(a), initial=0.0), err_msg=f"step {step}")
+
+
+def _ill_conditioned(name: str, kwargs: dict) -> bool:
+  """Centered RMSprop with a short memory: its variance `v - gbar**2` is the difference of two
+  nearly equal numbers (with `alpha = 0` they are equal), so the last bit of rounding, which
+  jit and eager mode are free to differ in (XLA fuses `v - m * m` into one multiply-add),
+  moves the update anywhere between `g / eps` and `g / (sqrt(rounding) + eps)`. Both results
+  are finite (checked); they need not agree."""
+  return name == "rmsprop" and kwargs["centered"] and kwargs["alpha"] < 0.9
+
+
+@pytest.mark.parametrize("name", gcj.optimizers.names())
+def test_optimizer_properties(name):
+  @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+  @given(problem=problems(name))
+  def check(problem):
+    spec, kwargs, params_np, grads_np = problem
+    with jax.enable_x64(any(leaf.dtype == jnp.float64 for leaf in jax.tree.leaves(spec))):
+      params = jax.tree.map(jnp.asarray, params_np)
+      grads = [jax.tree.map(jnp.asarray, g) for g in grads_np]
+      tx = gcj.optimizers.get(name)(**kwargs)
+
+      state = tx.init(params)
+      chex.assert_trees_all_equal(tx.init(params), state)
+      chex.assert_trees_all_equal(tx.init(grads[0]), state)  # other values, same shapes and dtypes
+
+      eager = _run(tx, params, grads, tx.update)
+      jitted = _run(tx, params, grads, jax.jit(tx.update))
+      if not _ill_conditioned(name, kwargs):
+        _assert_jit_agrees(eager, jitted, spec)
+
+  check()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_centered_rmsprop_with_a_constant_gradient_stays_finite_under_jit(alpha):
+  """Found by the property test. Here `v - gbar**2` is 0 (alpha = 0) or below rounding (0.5**t),
+  and the fused multiply-add XLA makes of it came out negative, NaN after the root, until the
+  variance was clamped at 0."""
+  tx = gcj.rmsprop(1e-2, alpha=alpha, centered=True)
+  params = jnp.zeros((64,), jnp.float32)
+  grads = jnp.linspace(-9.0, 9.0, 64, dtype=jnp.float32)
+  step = jax.jit(tx.update)
+  state = tx.init(params)
+  for _ in range(50):
+    updates, state = step(grads, state, params)
+    chex.assert_tree_all_finite(updates)

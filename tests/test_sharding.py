@@ -1,0 +1,84 @@
+"""Optimizers on a mesh of 8 virtual CPU devices keep the params' shardings and the results.
+
+The work happens in `tests/_sharded_optimizers.py`, run once in a subprocess with
+`XLA_FLAGS=--xla_force_host_platform_device_count=8`, so that this process (and the rest
+of the suite) keeps its single device. It trains every optimizer for 20 steps with params
+sharded FSDP-style, on a mesh with an Explicit axis and again on one with an Auto axis,
+and once on a single device; these tests read its JSON report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).with_name("_sharded_optimizers.py")
+MODES = ("explicit", "auto")
+# Float32 rounding: the sharded gradients sum the batch in another order than one device does.
+FLOAT32_ROUNDING = 1e-5
+
+# Per case: (state leaves shaped like a param, per param; scalar leaves), from the README's
+# memory table. Scalars are step counts, plus NAdam's momentum product and a schedule's count.
+EXPECTED_STATE = {
+    "sgd-nesterov-wd": (1, 1),  # momentum buffer; count
+    "sgd_ema": (1, 0),  # EMA buffer
+    "rmsprop-centered-momentum-wd": (3, 1),  # square avg, grad avg, momentum buffer; count
+    "adam-amsgrad": (3, 1),  # mu, nu, nu_max; count
+    "adamw-schedule": (2, 2),  # mu, nu; Adam's count and the schedule's count
+    "adagrad-lr-decay": (1, 1),  # sum of squares; the lr_decay schedule's count
+    "adadelta": (2, 0),  # square avg, accumulated delta
+    "adamax": (2, 1),  # mu, infinity norm; count
+    "nadam": (2, 2),  # mu, nu; count and momentum product
+    "radam": (2, 1),  # mu, nu; count
+}
+CASES = [(mode, name) for mode in MODES for name in EXPECTED_STATE]
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+  env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  done = subprocess.run(
+      [sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=900, check=False
+  )
+  assert done.returncode == 0, done.stderr[-4000:]
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_subprocess_runs_on_eight_devices_and_this_one_on_one(report):
+  import jax  # noqa: PLC0415  (imported late so the check is about this process as the suite runs it)
+
+  assert report["devices"] == 8
+  assert jax.device_count() == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_params_are_sharded_and_a_misplaced_state_is_caught(report, mode):
+  run = report["modes"][mode]
+  assert run["param_problems"] == []
+  assert run["sharded_params"] == 3  # kernel by rows, head weight by columns, dense bias
+  assert set(run["cases"]) == set(EXPECTED_STATE)
+  # An Adam state forced onto a replicated layout: mu and nu of the 3 sharded params.
+  assert run["control_problems"] == 6
+
+
+@pytest.mark.parametrize(("mode", "name"), CASES, ids=[f"{m}-{n}" for m, n in CASES])
+def test_state_leaves_carry_their_params_shardings(report, mode, name):
+  """Leaf by leaf after init on arrays and on ShapeDtypeStructs, after 20 jitted updates and,
+  with Explicit axes, after a jitted init and under eval_shape."""
+  case = report["modes"][mode]["cases"][name]
+  per_param, scalars = EXPECTED_STATE[name]
+  assert case["param_like"] == per_param * report["param_leaves"]
+  assert case["scalars"] == scalars
+  assert case["mismatches"] == []
+
+
+@pytest.mark.parametrize(("mode", "name"), CASES, ids=[f"{m}-{n}" for m, n in CASES])
+def test_sharded_training_equals_one_device(report, mode, name):
+  assert report["moved"][name] > 0.1  # the 20 steps went somewhere: the comparison is not vacuous
+  assert report["modes"][mode]["cases"][name]["max_relative_difference"] < FLOAT32_ROUNDING
