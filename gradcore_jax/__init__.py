@@ -6,9 +6,11 @@ The optimizers are Optax `GradientTransformation`s that reproduce `torch.optim`:
     tx = gcj.rmsprop(1e-3, alpha=0.99)
 
 Modules: `optimizers`, `transforms` (their building blocks), `losses`, `metrics`, `data`
-(`DataLoader`), `training` (`fit`, `evaluate`, `TrainingStats`).
+(`DataLoader`), `training` (`fit`, `evaluate`, `TrainingStats`), `checkpoint`
+(`Checkpointer`, needs the `checkpoint` extra: orbax is imported on first use).
 """
 
+from gradcore_jax import checkpoint
 from gradcore_jax import data
 from gradcore_jax import losses
 from gradcore_jax import metrics
@@ -49,6 +51,7 @@ __all__ = [
     "adam",
     "adamax",
     "adamw",
+    "checkpoint",
     "data",
     "evaluate",
     "fit",

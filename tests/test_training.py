@@ -50,22 +50,30 @@ def _regression(n: int = 100, features: int = 10, seed: int = 0) -> tuple[np.nda
   return x, y, params
 
 
-def _replay(params: dict, x: np.ndarray, y: np.ndarray, *, batch_size: int, epochs: int, seed: int = 0) -> dict:
-  """What `fit` must report, computed in float64: SGD on the mean squared error, shuffled by (seed, epoch)."""
+def _replay(
+    params: dict, x: np.ndarray, y: np.ndarray, *, batch_size: int, epochs: int, seed: int = 0, skip_row: int = -1
+) -> dict:
+  """What `fit` must report, computed in float64: SGD on the mean squared error, shuffled by (seed, epoch).
+
+  A batch holding `skip_row` is skipped (`on_nonfinite="skip"`): no update, no count.
+  """
   w, b = params["w"].astype(np.float64), float(params["b"])
   out: dict[str, list[float]] = {"batch": [], "running": [], "epoch": []}
   for epoch in range(epochs):
     order = np.random.default_rng((seed, epoch)).permutation(len(x))
-    total = 0.0
+    total, seen = 0.0, 0
     for start in range(0, len(x), batch_size):
       rows = order[start : start + batch_size]
       residual = x[rows] @ w + b - y[rows]
-      total += np.sum(residual**2)
       out["batch"].append(np.mean(residual**2))
-      out["running"].append(total / (start + len(rows)))
+      if skip_row in rows:
+        out["running"].append(total / seen if seen else np.nan)
+        continue
+      total, seen = total + np.sum(residual**2), seen + len(rows)
+      out["running"].append(total / seen)
       w = w - LR * 2 * x[rows].T @ residual / len(rows)
       b = b - LR * 2 * np.mean(residual)
-    out["epoch"].append(total / len(x))
+    out["epoch"].append(total / seen)
   out["eval"] = float(np.mean((x @ w + b - y) ** 2))
   return out
 
@@ -166,7 +174,8 @@ def test_nan_in_padded_rows_reaches_neither_loss_nor_metrics_nor_params() -> Non
   assert_same(one_step(nan_x, nan_y, mask)[1], want[1])
 
 
-def test_one_compilation_of_the_train_step_for_a_whole_run() -> None:
+def _traces(**kwargs: Any) -> list[tuple[int, ...]]:
+  """The prediction shapes the loss is traced with in a 3-epoch `fit` (12 steps, the last ragged)."""
   traces = []
 
   def counting_mse(y_pred: jax.Array, y_true: jax.Array, **kwargs: Any) -> jax.Array:
@@ -174,9 +183,13 @@ def test_one_compilation_of_the_train_step_for_a_whole_run() -> None:
     return losses.mse(y_pred, y_true, **kwargs)
 
   x, y, params = _regression(n=50)
-  fit(linear, optax.sgd(LR), params=params, loss=counting_mse, train_loader=DataLoader((x, y), batch_size=16), epochs=3, progress=False)
+  fit(linear, optax.sgd(LR), params=params, loss=counting_mse, train_loader=DataLoader((x, y), batch_size=16), epochs=3, progress=False, **kwargs)
+  return traces
+
+
+def test_one_compilation_of_the_train_step_for_a_whole_run() -> None:
   # The shape check before training and the 12 steps (a ragged one included) share one trace.
-  assert traces == [(16,)]
+  assert _traces() == [(16,)]
 
 
 def test_continuing_a_run_equals_one_longer_run() -> None:
@@ -413,3 +426,114 @@ def test_digits_each_model_kind_learns_and_repeats_exactly(kind: str, digits: di
 def _trained(kind: str, result: FitResult) -> dict[str, Any]:
   """The `model` (and `params`) arguments that evaluate the trained model of `result`."""
   return {"model": _mlp, "params": result.model} if kind == "plain" else {"model": result.model}
+
+
+# --------------------------------------------------------------------------------------
+# Non-finite values and clipping.
+
+
+def _poisoned(row: int = 57) -> tuple[np.ndarray, np.ndarray, dict, list[int]]:
+  """The regression data with an infinite target at `row`, and the steps whose batch holds it (2 epochs of 10)."""
+  x, y, params = _regression()
+  y[row] = np.inf
+  loader = DataLoader((x, y), batch_size=10, shuffle=True, seed=0)
+  steps = [10 * epoch + int(np.flatnonzero(loader.order(epoch) == row)[0]) // 10 for epoch in (0, 1)]
+  return x, y, params, steps
+
+
+def _record(result: FitResult) -> str:
+  """The stats without wall-clock times, as JSON (NaN and Inf compare equal), and the params' bytes."""
+  record = result.stats.to_dict()
+  del record["epoch_times"], record["steps_per_second"]
+  return json.dumps(record) + repr([np.asarray(leaf).tobytes() for leaf in jax.tree.leaves(result.model)])
+
+
+@pytest.mark.parametrize("compiled_epoch", [False, True], ids=["per-step", "compiled-epoch"])
+def test_skip_leaves_params_untouched_on_a_non_finite_step_and_counts_it(compiled_epoch: bool) -> None:
+  x, y, params, bad_steps = _poisoned()
+  result = _fit_linear(x, y, params, batch_size=10, epochs=2, on_nonfinite="skip", log_interval=4, compiled_epoch=compiled_epoch)
+  want = _replay(params, x, y, batch_size=10, epochs=2, skip_row=57)
+  stats = result.stats
+  assert stats.skipped_steps == bad_steps and stats.num_skipped_steps == 2
+  np.testing.assert_allclose(stats.batch_losses, want["batch"], rtol=RTOL)  # inf where skipped
+  np.testing.assert_allclose(stats.running_losses, want["running"], rtol=RTOL)
+  np.testing.assert_allclose(stats.epoch_losses, want["epoch"], rtol=RTOL)
+  assert stats.total_steps == 20 and stats.examples_seen == 180  # the skipped batches' rows not seen
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(result.model))
+
+
+def test_skip_keeps_the_optimizer_state_and_equals_raise_when_all_is_finite() -> None:
+  x, y, params, bad_steps = _poisoned()
+  result = fit(linear, optax.adam(LR), params=params, loss=losses.mse, train_loader=DataLoader((x, y), batch_size=10, shuffle=True), epochs=2, on_nonfinite="skip", progress=False)
+  assert int(result.opt_state[0].count) == result.stats.total_steps - len(bad_steps) == 18
+  x, y, params = _regression()
+  assert _record(_fit_linear(x, y, params, batch_size=10, epochs=2, on_nonfinite="skip")) == _record(_fit_linear(x, y, params, batch_size=10, epochs=2))
+
+
+def _non_finite_gradient(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+  """A finite prediction whose gradient is NaN at b = 0: d|b|/db computed as b / sqrt(b**2)."""
+  return x @ params["w"] + jnp.sqrt(params["b"] ** 2)
+
+
+def test_non_finite_gradients_with_a_finite_loss_raise_or_skip() -> None:
+  x, y, params = _regression(n=30)
+  with pytest.raises(NonFiniteLossError, match=r"Non-finite gradients at step 0 \(epoch 0, batch 0; counted from 0\); the batch loss was") as error:
+    fit(_non_finite_gradient, optax.sgd(LR), params=params, loss=losses.mse, train_loader=DataLoader((x, y), batch_size=10), epochs=1, progress=False)
+  assert error.value.in_gradients and np.isfinite(error.value.loss)
+  result = fit(_non_finite_gradient, optax.sgd(LR), params=params, loss=losses.mse, train_loader=DataLoader((x, y), batch_size=10), epochs=1, on_nonfinite="skip", progress=False)
+  assert result.stats.skipped_steps == [0, 1, 2] and np.isnan(result.stats.epoch_losses[0])
+  jax.tree.map(np.testing.assert_array_equal, result.model, params)
+
+
+def test_clip_global_norm_equals_optax_clipping_and_keeps_the_state_structure() -> None:
+  x, y, params = _regression()
+  loader = DataLoader((x, y), batch_size=10, shuffle=True)
+  ours = fit(linear, optax.adam(LR), params=params, loss=losses.mse, train_loader=loader, epochs=2, clip_global_norm=0.05, progress=False)
+  chained = optax.chain(optax.clip_by_global_norm(0.05), optax.adam(LR))
+  theirs = fit(linear, chained, params=params, loss=losses.mse, train_loader=loader, epochs=2, progress=False)
+  jax.tree.map(np.testing.assert_array_equal, ours.model, theirs.model)
+  assert ours.stats.batch_losses == theirs.stats.batch_losses
+  assert jax.tree.structure(ours.opt_state) == jax.tree.structure(optax.adam(LR).init(params))
+  unclipped = fit(linear, optax.adam(LR), params=params, loss=losses.mse, train_loader=loader, epochs=2, progress=False)
+  assert not np.allclose(unclipped.model["w"], ours.model["w"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"clip_global_norm": 0}, "clip_global_norm must be a positive finite number"),
+        ({"clip_global_norm": float("inf")}, "clip_global_norm must be a positive finite number"),
+        ({"clip_global_norm": "1"}, "clip_global_norm must be a positive finite number"),
+        ({"on_nonfinite": "ignore"}, r"on_nonfinite must be one of \('raise', 'skip'\)"),
+        ({"compiled_epoch": "yes"}, "compiled_epoch must be True or False"),
+        ({"mesh": "cpu"}, "mesh must be a jax.sharding.Mesh"),
+        ({"param_sharding": jax.sharding.PartitionSpec()}, "param_sharding needs a mesh"),
+        ({"data_axis": "data"}, "data_axis needs a mesh"),
+        ({"mesh": jax.make_mesh((1,), ("data",)), "data_axis": "batch"}, r"data_axis must name axes of the mesh \('data',\)"),
+        ({"mesh": jax.make_mesh((1,), ("data",)), "param_sharding": "rows"}, "param_sharding must give a PartitionSpec"),
+        ({"mesh": jax.make_mesh((1,), ("data",)), "param_sharding": {"w": jax.sharding.PartitionSpec()}}, "param_sharding must be"),
+    ],
+)
+def test_bad_non_finite_compiled_and_mesh_arguments_raise_before_training(overrides: dict, match: str) -> None:
+  with pytest.raises(ValueError, match=match):
+    _bad_fit(**overrides)
+
+
+# --------------------------------------------------------------------------------------
+# Compiled epochs.
+
+
+def test_a_compiled_epoch_traces_the_step_once_for_a_whole_run() -> None:
+  assert _traces(compiled_epoch=True) == [(16,), (16,)]  # the shape check, then the scan's body
+
+
+def test_a_compiled_epoch_equals_the_per_step_loop_bit_for_bit_on_digits(digits: dict) -> None:
+  """The scan's body is the same step, compiled by XLA into the same CPU code: identical
+  params and `TrainingStats` (on other backends fusion may differ: float rounding)."""
+  runs = [
+      fit(**_plain_run(), loss=losses.cross_entropy, train_loader=digits["train"], epochs=3, eval_loader=digits["test"],
+          metrics=DIGITS_METRICS, progress=False, compiled_epoch=compiled)
+      for compiled in (False, True)
+  ]
+  assert _record(runs[0]) == _record(runs[1])
+  assert runs[1].stats.eval_metrics[-1]["accuracy"] > 0.9

@@ -1,9 +1,12 @@
 """Training: `fit` and `evaluate` for apply functions, Flax linen and Flax NNX models.
 
-`fit` runs one compiled, donating train step per batch and records `TrainingStats`, which
-keep the three figures of a training run apart: the loss of each batch (what its gradient
-saw), the epoch's running loss (every example of the epoch counted once) and the
-evaluation (fixed params, the whole evaluation set).
+`fit` runs one compiled, donating train step per batch (or, with `compiled_epoch`, one
+compiled `lax.scan` of it per epoch) and records `TrainingStats`, which keep the three
+figures of a training run apart: the loss of each batch (what its gradient saw), the
+epoch's running loss (every example of the epoch counted once) and the evaluation (fixed
+params, the whole evaluation set). It can clip gradients, skip or stop at non-finite
+steps, checkpoint and resume exactly (`gradcore_jax.checkpoint`), and train on a
+`jax.sharding.Mesh`.
 """
 
 from gradcore_jax.training._fit import FitResult

@@ -1,45 +1,65 @@
 """`fit` and `evaluate`: the host-side loop around the compiled steps.
 
-The loop never waits for the device inside an epoch except every `log_interval` steps
-(and at the end of the epoch), where it fetches the batch losses gathered since the last
-sync in one transfer, checks them for NaN/Inf, adds them to the epoch's running loss
-(in float64, each weighted by its batch's real rows) and refreshes the progress bar.
+The loop never waits for the device inside an epoch except at its sync points: every
+`log_interval` steps, at each checkpoint and at the end of the epoch (with
+`compiled_epoch`, only the last two: each stretch between them is one compiled
+`lax.scan`). There it fetches the step outputs gathered since the last sync in one
+transfer, checks them for non-finite values, adds the batch losses to the epoch's running
+loss (in float64, each weighted by its batch's real rows), refreshes the progress bar and
+writes a checkpoint when one is due.
+
+A run's position is `(epoch, batch)` plus the epoch's running loss so far; with the
+carry (params, optimizer, model and metric states) and the `TrainingStats`, it is all a
+checkpoint holds, so a resumed run continues exactly where the checkpoint was written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import time
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from gradcore_jax import metrics as metrics_lib
 from gradcore_jax._typing import PyTree
 from gradcore_jax.data import DataLoader
 from gradcore_jax.data import _check_int
 from gradcore_jax.training import _progress
+from gradcore_jax.training._models import Adapted
 from gradcore_jax.training._models import adapt
-from gradcore_jax.training._models import copy_tree
+from gradcore_jax.training._placement import ParamSharding
+from gradcore_jax.training._placement import Placement
 from gradcore_jax.training._stats import TrainingStats
 from gradcore_jax.training._steps import Carry
 from gradcore_jax.training._steps import LossFn
+from gradcore_jax.training._steps import StepOptions
 from gradcore_jax.training._steps import Steps
 from gradcore_jax.training._steps import build_steps
 
+ON_NONFINITE = ("raise", "skip")
+
 
 class NonFiniteLossError(FloatingPointError):
-  """A batch loss was NaN or infinite. Indices count from 0, as in `TrainingStats`.
+  """A batch loss or gradient was NaN or infinite. Indices count from 0, as in `TrainingStats`.
 
   Attributes: `step` (index into `batch_losses` over the whole run), `epoch`, `batch`
-  (index within the epoch) and `loss` (the value). The caller's model, params and
-  optimizer state are left as they were before `fit`.
+  (index within the epoch), `loss` (the batch loss) and `in_gradients` (True when the loss
+  was finite but a gradient was not). The caller's model, params and optimizer state are
+  left as they were before `fit`, and no checkpoint is written after the step.
   """
 
   def __init__(self, loss: float, step: int, epoch: int, batch: int) -> None:
-    super().__init__(f"Non-finite training loss {loss} at step {step} (epoch {epoch}, batch {batch}; counted from 0).")
     self.loss, self.step, self.epoch, self.batch = loss, step, epoch, batch
+    self.in_gradients = math.isfinite(loss)
+    where = f"at step {step} (epoch {epoch}, batch {batch}; counted from 0)"
+    what = f"Non-finite gradients {where}; the batch loss was {loss}." if self.in_gradients else f"Non-finite training loss {loss} {where}."
+    super().__init__(what)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +97,16 @@ def fit(
     metrics: Optional[Mapping[str, metrics_lib.Metric]] = None,
     log_interval: int = 50,
     progress: bool = True,
+    clip_global_norm: Optional[float] = None,
+    on_nonfinite: str = "raise",
+    compiled_epoch: bool = False,
+    checkpoint_dir: Optional[str] = None,
+    checkpoint_every: Optional[int] = None,
+    keep: int = 3,
+    resume: bool = False,
+    mesh: Optional[Mesh] = None,
+    param_sharding: ParamSharding = None,
+    data_axis: Union[None, str, tuple[str, ...]] = None,
 ) -> FitResult:
   """Trains `model` for `epochs` epochs over `train_loader`; returns `FitResult(model, stats, opt_state)`.
 
@@ -99,6 +129,42 @@ def fit(
       the training epoch (`stats.train_metrics`) and the evaluation (`stats.eval_metrics`).
     log_interval: steps between syncs with the device (NaN/Inf check, progress bar).
     progress: print the header and progress bars (to stderr).
+    clip_global_norm: scale every step's gradients to a global norm of at most this
+      (`optax.clip_by_global_norm` in front of the optimizer, without changing the
+      optimizer state's structure); None: no clipping.
+    on_nonfinite: what a step whose loss or gradients hold a NaN/Inf does. `"raise"`:
+      training stops at the next sync with `NonFiniteLossError` naming the step.
+      `"skip"`: the update is not applied (params, optimizer, model and metric states
+      stay as they were; decided on the device with `jnp.where`, no sync) and the step is
+      listed in `stats.skipped_steps`. The finiteness check reads the gradients before
+      clipping.
+    compiled_epoch: run each epoch as one compiled `lax.scan` over the whole epoch's
+      batches (`train_loader.stacked(e)`, moved to the device at once) instead of one
+      call per step: for small models whose epoch fits in device memory. Same step, same
+      results and `TrainingStats` as the per-step loop; the host syncs only at epoch ends
+      and checkpoints (`log_interval` is not used).
+    checkpoint_dir: a folder for checkpoints (`gradcore_jax.checkpoint`, needs
+      orbax-checkpoint): params, optimizer and model state, metric statistics, the
+      position `(epoch, batch)` and the `TrainingStats`. Written at the end of every epoch,
+      or every `checkpoint_every` steps, and at the end of `fit`. Without `resume`, the
+      folder must hold no checkpoint.
+    checkpoint_every: steps between checkpoints (counted over the run), or None.
+    keep: how many checkpoints to keep in `checkpoint_dir` (the newest).
+    resume: continue from the latest checkpoint in `checkpoint_dir` (start afresh when it
+      has none). Call `fit` with the same arguments as the interrupted run: the
+      checkpoint must come from the same `start_epoch` and an identical `train_loader`,
+      and it must fit the model and optimizer (else ValueError /
+      `CheckpointMismatchError` saying what differs). `epochs` may be larger, to extend
+      the run. The result equals the uninterrupted run's bit for bit (wall-clock times
+      aside).
+    mesh: a `jax.sharding.Mesh` to train on: each batch is split over the `data_axis`
+      devices (its `batch_size` must divide evenly), params are placed as
+      `param_sharding` says, and statistics are summed over all devices (exact).
+    param_sharding: how params lie on the mesh: None (replicated), one `PartitionSpec`
+      or `NamedSharding` for all, a pytree of them shaped like params (or a prefix), or a
+      callable `(path, param) -> PartitionSpec` (FSDP style). Optimizer-state leaves
+      follow their params.
+    data_axis: the mesh axis (or tuple of axes) the batch is split over; default all.
 
   Before the first step, the model, loss and metrics are traced on the loaders' batch
   shapes; a mismatch raises ValueError naming the loader. The step compiles once: every
@@ -109,25 +175,47 @@ def fit(
   epochs = _check_int("epochs", epochs, minimum=0)
   start_epoch = _check_int("start_epoch", start_epoch, minimum=0)
   log_interval = _check_int("log_interval", log_interval, minimum=1)
-  _check_loader("train_loader", train_loader)
+  options = _step_options(clip_global_norm, on_nonfinite)
+  compiled_epoch = _check_bool("compiled_epoch", compiled_epoch)
+  resume = _check_bool("resume", resume)
+  checkpoint_every = None if checkpoint_every is None else _check_int("checkpoint_every", checkpoint_every, minimum=1)
+  keep = _check_int("keep", keep, minimum=1)
+  if checkpoint_dir is None and (checkpoint_every is not None or resume):
+    raise ValueError("checkpoint_every and resume need checkpoint_dir.")
+  placement = Placement.build(mesh, data_axis, param_sharding)
+  _check_loader("train_loader", train_loader, placement)
+  if eval_loader is not None:
+    _check_loader("eval_loader", eval_loader, placement)
   adapted = adapt(model, optimizer, params=params, opt_state=opt_state)
   if adapted.tx is None:
     raise ValueError("optimizer is required to train: pass an Optax transformation (or an nnx.Optimizer).")
-  steps = build_steps(adapted, loss, _check_metrics(metrics))
-  carry = Carry(*copy_tree((adapted.params, adapted.opt_state, adapted.model_state)), steps.new_metrics())
-  _check_runs("train_loader", train_loader, steps.train, carry)
-  if eval_loader is not None:
-    _check_runs("eval_loader", eval_loader, steps.evaluate, steps.new_tally(), carry.params, carry.model_state)
-  _progress.say(_progress.header(train_loader, carry.params, carry.opt_state, epochs), progress)
-  stats = TrainingStats()
-  for epoch in range(start_epoch, start_epoch + epochs):
-    with _progress.epoch_bar(epoch, start_epoch + epochs, len(train_loader), progress) as bar:
-      carry = _train_epoch(steps, carry, train_loader, epoch, stats, log_interval=log_interval, bar=bar)
-      if eval_loader is not None:
-        stats.eval_metrics.append(_evaluate_loader(steps, carry.params, carry.model_state, eval_loader))
-        evaluation = {f"eval_{name}": value for name, value in stats.eval_metrics[-1].items()}
-        _progress.show(bar, 0, {"loss": stats.epoch_losses[-1], **evaluation})
-  trained = adapted.rebuild(carry.params, carry.opt_state, carry.model_state, stats.total_steps)
+  with placement.context():
+    steps = build_steps(adapted, loss, _check_metrics(metrics), options)
+    carry = _place(placement, adapted, steps)
+    _check_runs("train_loader", train_loader, steps.train, carry)
+    if eval_loader is not None:
+      _check_runs("eval_loader", eval_loader, steps.evaluate, steps.new_tally(), carry.params, carry.model_state)
+    loop = _Loop(
+        steps=steps,
+        placement=placement,
+        loader=train_loader,
+        eval_loader=eval_loader,
+        raise_on_nonfinite=options.on_nonfinite == "raise",
+        compiled_epoch=compiled_epoch,
+        log_interval=log_interval,
+        checkpoint_every=checkpoint_every,
+        checkpoints=_open_checkpoints(checkpoint_dir, keep, resume),
+        start_epoch=start_epoch,
+    )
+    with loop:
+      carry, position = loop.restore(carry, end_epoch=start_epoch + epochs)
+      _progress.say(_progress.header(train_loader, carry.params, carry.opt_state, epochs), progress)
+      for epoch in range(position.epoch, start_epoch + epochs):
+        with _progress.epoch_bar(epoch, start_epoch + epochs, len(train_loader), progress, done=position.batch) as bar:
+          carry, position = loop.epoch(carry, position, bar)
+      loop.save(carry, position, final=True)
+  stats = loop.stats
+  trained = adapted.rebuild(carry.params, carry.opt_state, carry.model_state, stats.total_steps - stats.num_skipped_steps)
   return FitResult(trained, stats, carry.opt_state)
 
 
@@ -138,78 +226,209 @@ def evaluate(
     loss: LossFn,
     metrics: Optional[Mapping[str, metrics_lib.Metric]] = None,
     params: PyTree = None,
+    mesh: Optional[Mesh] = None,
+    param_sharding: ParamSharding = None,
+    data_axis: Union[None, str, tuple[str, ...]] = None,
 ) -> dict[str, Any]:
   """The exact loss and metrics of `model` over the whole of `loader`, params fixed.
 
-  `model` and `params` as in `fit`. Returns `{"loss": sum of per-example losses / number
-  of examples, **{name: metric value}}` as Python numbers; padded rows count for nothing,
-  so the figures do not depend on the batch size (beyond float32 rounding).
+  `model`, `params`, `mesh`, `param_sharding` and `data_axis` as in `fit`. Returns
+  `{"loss": sum of per-example losses / number of examples, **{name: metric value}}` as
+  Python numbers; padded rows count for nothing, so the figures do not depend on the batch
+  size or the number of devices (beyond float32 rounding).
   """
-  _check_loader("loader", loader)
+  placement = Placement.build(mesh, data_axis, param_sharding)
+  _check_loader("loader", loader, placement)
   adapted = adapt(model, params=params)
-  steps = build_steps(adapted, loss, _check_metrics(metrics))
-  _check_runs("loader", loader, steps.evaluate, steps.new_tally(), adapted.params, adapted.model_state)
-  return _evaluate_loader(steps, adapted.params, adapted.model_state, loader)
-
-
-def _train_epoch(
-    steps: Steps,
-    carry: Carry,
-    loader: DataLoader,
-    epoch: int,
-    stats: TrainingStats,
-    *,
-    log_interval: int,
-    bar: Any,
-) -> Carry:
-  """Runs epoch `epoch` and appends its figures to `stats`; syncs every `log_interval` steps."""
-  started = time.perf_counter()
-  carry = carry._replace(metrics=steps.new_metrics())
-  running = _RunningLoss(epoch=epoch, first_step=len(stats.batch_losses))
-  pending: list[tuple[jax.Array, int]] = []
-  for i, batch in enumerate(loader.epoch(epoch), start=1):
-    carry, batch_loss = steps.train(carry, (batch.data, batch.mask))
-    pending.append((batch_loss, batch.size))
-    if i % log_interval == 0 or i == len(loader):
-      running.add(jax.device_get(pending), stats)
-      _progress.show(bar, len(pending), {"loss": stats.running_losses[-1]})
-      pending = []
-  stats.train_metrics.append(_host_values(steps.metric_values(carry.metrics)))
-  seconds = time.perf_counter() - started
-  stats.epoch_losses.append(stats.running_losses[-1])
-  stats.epochs_trained += 1
-  stats.total_steps += len(loader)
-  stats.examples_seen += loader.examples_per_epoch
-  stats.epoch_times.append(seconds)
-  stats.steps_per_second.append(len(loader) / seconds)
-  return carry
+  with placement.context():
+    steps = build_steps(adapted, loss, _check_metrics(metrics))
+    params = placement.params(adapted.params)[0]
+    model_state = placement.replicated(adapted.model_state)
+    _check_runs("loader", loader, steps.evaluate, steps.new_tally(), params, model_state)
+    return _evaluate_loader(steps, placement, params, model_state, loader)
 
 
 @dataclasses.dataclass
-class _RunningLoss:
-  """The epoch's loss so far, on the host: sum of per-example losses and number of examples."""
+class _Position:
+  """Where a run stands: the next batch to train on, and the epoch's loss so far (host, float64)."""
 
   epoch: int
-  first_step: int  # index in `TrainingStats.batch_losses` of the epoch's first step
-  total: float = 0.0
-  examples: int = 0
+  batch: int = 0
+  loss_total: float = 0.0  # Σ per-example loss over the epoch's applied steps so far
+  examples: int = 0  # real rows of those steps
 
-  def add(self, fetched: list[tuple[Any, int]], stats: TrainingStats) -> None:
-    """Appends fetched `(batch_loss, real rows)` pairs to `stats`; raises at the first non-finite loss."""
-    for batch_loss, size in fetched:
-      step = len(stats.batch_losses)
-      if not np.isfinite(batch_loss):
-        raise NonFiniteLossError(float(batch_loss), step=step, epoch=self.epoch, batch=step - self.first_step)
-      self.total += float(batch_loss) * size
-      self.examples += size
-      stats.batch_losses.append(float(batch_loss))
-      stats.running_losses.append(self.total / self.examples)
+  @property
+  def running_loss(self) -> float:
+    return self.loss_total / self.examples if self.examples else math.nan
 
 
-def _evaluate_loader(steps: Steps, params: PyTree, model_state: PyTree, loader: DataLoader) -> dict[str, Any]:
-  tally = steps.new_tally()
+@dataclasses.dataclass
+class _Loop:
+  """One `fit` call's training loop: epochs, sync points, stats and checkpoints."""
+
+  steps: Steps
+  placement: Placement
+  loader: DataLoader
+  eval_loader: Optional[DataLoader]
+  raise_on_nonfinite: bool
+  compiled_epoch: bool
+  log_interval: int
+  checkpoint_every: Optional[int]
+  checkpoints: Any  # a gradcore_jax.checkpoint.Checkpointer, or None
+  start_epoch: int
+  stats: TrainingStats = dataclasses.field(default_factory=TrainingStats)
+
+  def __enter__(self) -> "_Loop":
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    if self.checkpoints is not None:
+      self.checkpoints.close()
+
+  def epoch(self, carry: Carry, position: _Position, bar: Any) -> tuple[Carry, _Position]:
+    """Trains from `position` to the end of its epoch; appends the epoch's figures to `stats`."""
+    started, begin = time.perf_counter(), position.batch
+    if begin == 0:
+      carry = carry._replace(metrics=self.placement.replicated(self.steps.new_metrics()))
+    for stretch, sizes in self._stretches(position):
+      carry, outputs = self._train(carry, stretch)
+      self._record(outputs, sizes, position, bar)
+      if position.batch < len(self.loader) and self._due():
+        self.save(carry, position)
+    seconds = time.perf_counter() - started
+    stats = self.stats
+    stats.train_metrics.append(_host_values(self.steps.metric_values(carry.metrics)))
+    stats.epoch_losses.append(position.running_loss)
+    stats.epochs_trained += 1
+    stats.epoch_times.append(seconds)
+    stats.steps_per_second.append((position.batch - begin) / seconds)
+    if self.eval_loader is not None:
+      stats.eval_metrics.append(_evaluate_loader(self.steps, self.placement, carry.params, carry.model_state, self.eval_loader))
+      evaluation = {f"eval_{name}": value for name, value in stats.eval_metrics[-1].items()}
+      _progress.show(bar, 0, {"loss": stats.epoch_losses[-1], **evaluation})
+    position = _Position(epoch=position.epoch + 1)
+    if self.checkpoints is not None and (self.checkpoint_every is None or self._due()):
+      self.save(carry, position)
+    return carry, position
+
+  def _stretches(self, position: _Position) -> Iterator[tuple[Any, list[int]]]:
+    """The stretches of the epoch between two sync points, from `position.batch` on.
+
+    Yields `(stretch, sizes)`: the stretch's batches, stacked `(data, mask)` host arrays
+    with `compiled_epoch` or else a list of `Batch`es, and their numbers of real rows.
+    """
+    begin, count = position.batch, len(self.loader)
+    first = self.stats.total_steps - begin  # the run's step index of the epoch's batch 0
+    every, interval = self.checkpoint_every, None if self.compiled_epoch else self.log_interval
+    ends = [b for b in range(begin + 1, count + 1) if b == count or (interval and b % interval == 0) or (every and (first + b) % every == 0)]
+    if self.compiled_epoch:
+      stacked = self.loader.stacked(position.epoch, start=begin)
+      sizes = stacked.mask.sum(axis=1).tolist()
+      for start, end in zip([begin] + ends, ends):
+        part = slice(start - begin, end - begin)
+        yield jax.tree.map(lambda a: a[part], (stacked.data, stacked.mask)), sizes[part]
+    else:
+      batches = self.loader.epoch(position.epoch, start=begin)
+      for start, end in zip([begin] + ends, ends):
+        stretch = [next(batches) for _ in range(end - start)]
+        yield stretch, [batch.size for batch in stretch]
+
+  def _train(self, carry: Carry, stretch: Any) -> tuple[Carry, jax.Array]:
+    """Trains on one stretch; returns the carry and the steps' outputs, stacked on the device."""
+    if self.compiled_epoch:
+      return self.steps.train_scan(carry, self.placement.batch(stretch, stacked=True))
+    outputs = []
+    for batch in stretch:
+      carry, output = self.steps.train(carry, self.placement.batch((batch.data, batch.mask)))
+      outputs.append(output)
+    return carry, _stack(outputs)  # one transfer at the sync instead of one per step
+
+  def _record(self, outputs: jax.Array, sizes: list[int], position: _Position, bar: Any) -> None:
+    """Fetches the step outputs into `stats`; raises at a non-finite step unless skipping."""
+    stats = self.stats
+    fetched = np.asarray(jax.device_get(outputs)).tolist()
+    for (batch_loss, finite), size in zip(fetched, sizes, strict=True):
+      if not finite:
+        if self.raise_on_nonfinite:
+          raise NonFiniteLossError(batch_loss, step=stats.total_steps, epoch=position.epoch, batch=position.batch)
+        stats.skipped_steps.append(stats.total_steps)
+      else:
+        position.loss_total += batch_loss * size
+        position.examples += size
+        stats.examples_seen += size
+      stats.batch_losses.append(batch_loss)
+      stats.running_losses.append(position.running_loss)
+      stats.total_steps += 1
+      position.batch += 1
+    _progress.show(bar, len(fetched), {"loss": stats.running_losses[-1]})
+
+  def _due(self) -> bool:
+    every = self.checkpoint_every
+    return self.checkpoints is not None and every is not None and self.stats.total_steps % every == 0
+
+  def save(self, carry: Carry, position: _Position, *, final: bool = False) -> None:
+    """Writes checkpoint `stats.total_steps` (at the end of `fit`: unless it exists)."""
+    if self.checkpoints is None or (final and self.stats.total_steps in self.checkpoints.steps()):
+      return
+    record = {
+        "position": dataclasses.asdict(position),
+        "start_epoch": self.start_epoch,
+        "train_loader": repr(self.loader),
+        "stats": self.stats.to_dict(),
+    }
+    self.checkpoints.save(self.stats.total_steps, carry, record)
+
+  def restore(self, carry: Carry, *, end_epoch: int) -> tuple[Carry, _Position]:
+    """The latest checkpoint's carry and position (and `stats`), or `carry` at the run's start."""
+    if self.checkpoints is None or self.checkpoints.latest_step() is None:
+      return carry, _Position(epoch=self.start_epoch)
+    carry, record = self.checkpoints.restore(like=carry)
+    where = f"The checkpoint in {self.checkpoints.directory}"
+    if record["train_loader"] != repr(self.loader):
+      raise ValueError(f"{where} was written with another train_loader: {record['train_loader']}, not {self.loader!r}.")
+    position = _Position(**record["position"])
+    if record["start_epoch"] != self.start_epoch or position.epoch > end_epoch:
+      raise ValueError(
+          f"{where} belongs to a run of start_epoch={record['start_epoch']} and is at epoch {position.epoch}; "
+          f"this call has start_epoch={self.start_epoch} and ends at epoch {end_epoch}."
+      )
+    self.stats = TrainingStats.from_dict(record["stats"])
+    return carry, position
+
+
+_stack = jax.jit(jnp.stack)  # one dispatch (eager `jnp.stack` makes one per array)
+
+
+def _place(placement: Placement, adapted: Adapted, steps: Steps) -> Carry:
+  """The initial carry: fresh buffers (to be donated) laid out by `placement`."""
+  params, shardings = placement.params(adapted.params)
+  return Carry(
+      params,
+      placement.opt_state(adapted.tx, adapted.opt_state, shardings),
+      placement.replicated(adapted.model_state),
+      placement.replicated(steps.new_metrics()),
+  )
+
+
+def _open_checkpoints(directory: Optional[str], keep: int, resume: bool) -> Any:
+  if directory is None:
+    return None
+  from gradcore_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top  (orbax is optional)
+
+  checkpoints = Checkpointer(directory, keep=keep)
+  if not resume and checkpoints.steps():
+    checkpoints.close()
+    raise ValueError(
+        f"checkpoint_dir {directory} already holds checkpoints (steps {checkpoints.steps()}): pass resume=True "
+        "to continue that run, or choose an empty folder."
+    )
+  return checkpoints
+
+
+def _evaluate_loader(steps: Steps, placement: Placement, params: PyTree, model_state: PyTree, loader: DataLoader) -> dict[str, Any]:
+  tally = placement.replicated(steps.new_tally())
   for batch in loader.epoch(0):
-    tally = steps.evaluate(tally, params, model_state, (batch.data, batch.mask))
+    tally = steps.evaluate(tally, params, model_state, placement.batch((batch.data, batch.mask)))
   return _host_values(steps.tally_values(tally))
 
 
@@ -231,9 +450,27 @@ def _check_runs(name: str, loader: DataLoader, step: Callable[..., Any], *args: 
     ) from err
 
 
-def _check_loader(name: str, loader: Any) -> None:
+def _check_loader(name: str, loader: Any, placement: Placement) -> None:
   if not isinstance(loader, DataLoader):
     raise ValueError(f"{name} must be a gradcore_jax.data.DataLoader, got {type(loader).__name__}.")
+  placement.check_loader(name, loader)
+
+
+def _check_bool(name: str, value: Any) -> bool:
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"{name} must be True or False, got {value!r}.")
+  return bool(value)
+
+
+def _step_options(clip_global_norm: Any, on_nonfinite: Any) -> StepOptions:
+  if clip_global_norm is not None:
+    valid = isinstance(clip_global_norm, numbers.Real) and not isinstance(clip_global_norm, bool)
+    if not valid or not 0 < clip_global_norm < math.inf:
+      raise ValueError(f"clip_global_norm must be a positive finite number or None, got {clip_global_norm!r}.")
+    clip_global_norm = float(clip_global_norm)
+  if on_nonfinite not in ON_NONFINITE:
+    raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}.")
+  return StepOptions(clip_global_norm=clip_global_norm, on_nonfinite=on_nonfinite)
 
 
 def _check_metrics(metrics: Optional[Mapping[str, metrics_lib.Metric]]) -> dict[str, metrics_lib.Metric]:

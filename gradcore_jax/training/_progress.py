@@ -32,9 +32,9 @@ def say(text: str, enabled: bool) -> None:
     tqdm.write(text, file=sys.stderr)
 
 
-def epoch_bar(epoch: int, epochs: int, steps: int, enabled: bool) -> Any:
-  """A bar over the steps of one epoch; it is only advanced at the loop's sync points."""
-  return tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="step", disable=not enabled, file=sys.stderr)
+def epoch_bar(epoch: int, epochs: int, steps: int, enabled: bool, *, done: int = 0) -> Any:
+  """A bar over the steps of one epoch, `done` of them already (resuming); advanced at the loop's sync points."""
+  return tqdm(total=steps, initial=done, desc=f"epoch {epoch + 1}/{epochs}", unit="step", disable=not enabled, file=sys.stderr)
 
 
 def show(bar: Any, advance: int, figures: Mapping[str, float]) -> None:

@@ -26,10 +26,19 @@ class TrainingStats:
      whole evaluation loader, exactly (`"loss"` plus each metric). Empty dicts without
      an evaluation loader.
 
-  Counters: `epochs_trained`, `total_steps` (= optimizer updates), `examples_seen` (real
-  rows, padding excluded), `epoch_times` (wall seconds of each epoch's training, including
-  compilation in the first, excluding evaluation), `steps_per_second` (per epoch) and
-  `final_loss` (= `epoch_losses[-1]`, None before the first epoch).
+  Counters: `epochs_trained`, `total_steps` (steps taken, = `len(batch_losses)`),
+  `examples_seen` (real rows of the applied steps, padding excluded), `epoch_times` (wall
+  seconds of each epoch's training in this process, including compilation in the first,
+  excluding evaluation), `steps_per_second` (per epoch) and `final_loss` (=
+  `epoch_losses[-1]`, None before the first epoch).
+
+  Non-finite steps (`fit(..., on_nonfinite="skip")`): `skipped_steps` lists the steps whose
+  loss or gradients were NaN/Inf and whose update was therefore not applied (params,
+  optimizer and model state untouched); `num_skipped_steps` counts them. A skipped batch
+  keeps its (possibly non-finite) value in `batch_losses` but counts in neither the running
+  and epoch losses, nor the training metrics, nor `examples_seen`; the optimizer has made
+  `total_steps - num_skipped_steps` updates. An epoch whose every step was skipped has a
+  NaN epoch loss.
   """
 
   batch_losses: list[float] = dataclasses.field(default_factory=list)
@@ -40,6 +49,7 @@ class TrainingStats:
   epochs_trained: int = 0
   total_steps: int = 0
   examples_seen: int = 0
+  skipped_steps: list[int] = dataclasses.field(default_factory=list)
   epoch_times: list[float] = dataclasses.field(default_factory=list)
   steps_per_second: list[float] = dataclasses.field(default_factory=list)
 
@@ -48,9 +58,14 @@ class TrainingStats:
     """The last epoch's running training loss (`epoch_losses[-1]`), or None."""
     return self.epoch_losses[-1] if self.epoch_losses else None
 
+  @property
+  def num_skipped_steps(self) -> int:
+    """How many updates were skipped for a non-finite loss or gradient (`len(skipped_steps)`)."""
+    return len(self.skipped_steps)
+
   def to_dict(self) -> dict[str, Any]:
-    """All fields and `final_loss`, as a new dict of plain Python values."""
-    return {**dataclasses.asdict(self), "final_loss": self.final_loss}
+    """All fields, `final_loss` and `num_skipped_steps`, as a new dict of plain Python values."""
+    return {**dataclasses.asdict(self), **{name: getattr(self, name) for name in _DERIVED}}
 
   def to_json(self, **kwargs: Any) -> str:
     """`to_dict()` as JSON; keyword arguments go to `json.dumps` (e.g. `indent=2`)."""
@@ -58,5 +73,8 @@ class TrainingStats:
 
   @classmethod
   def from_dict(cls, record: dict[str, Any]) -> "TrainingStats":
-    """The inverse of `to_dict` (its `final_loss` entry is derived, so it is ignored)."""
-    return cls(**{k: v for k, v in record.items() if k != "final_loss"})
+    """The inverse of `to_dict` (its derived entries, `final_loss` and `num_skipped_steps`, are ignored)."""
+    return cls(**{k: v for k, v in record.items() if k not in _DERIVED})
+
+
+_DERIVED = ("final_loss", "num_skipped_steps")
