@@ -20,6 +20,8 @@ from gradcore_jax import transforms
 from gradcore_jax.data import Batch
 from gradcore_jax.data import DataLoader
 from gradcore_jax.memory import StateMemory
+from gradcore_jax.multi_tensor import MultiTensorState
+from gradcore_jax.multi_tensor import multi_tensor
 from gradcore_jax.memory import state_memory
 from gradcore_jax.optimizers import adadelta
 from gradcore_jax.optimizers import adagrad
@@ -43,6 +45,7 @@ __all__ = [
     "Batch",
     "DataLoader",
     "FitResult",
+    "MultiTensorState",
     "NonFiniteLossError",
     "StateMemory",
     "TrainingStats",
@@ -57,6 +60,7 @@ __all__ = [
     "fit",
     "losses",
     "metrics",
+    "multi_tensor",
     "nadam",
     "optimizers",
     "radam",
