@@ -45,6 +45,11 @@ def check_non_negative(name: str, value: Any) -> None:
     raise ValueError(f"{name} must be >= 0, got {value!r}.")
 
 
+def check_positive(name: str, value: Any) -> None:
+  if is_number(value) and not value > 0:  # `not >` also rejects NaN
+    raise ValueError(f"{name} must be > 0, got {value!r}.")
+
+
 def check_unit_interval(name: str, value: Any) -> None:
   """Decay rates live in [0, 1): a rate of 1 never forgets and never learns."""
   if is_number(value) and not 0 <= value < 1:

@@ -65,13 +65,16 @@ def _precision(dtype):
     yield
 
 
-def run_torch(torch_cls, kwargs, dtype, steps=STEPS, gamma=None):
+def run_torch(torch_cls, kwargs, dtype, steps=STEPS, gamma=None, before_step=None):
+  """`before_step(optimizer, t)`, if given, may change the param group before step t (0-based)."""
   params, xs, ys = _problem(dtype)
   tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
   opt = torch_cls(list(tp.values()), **kwargs)
   sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma) if gamma else None
   history = {k: [] for k in tp}
   for t in range(steps):
+    if before_step is not None:
+      before_step(opt, t)
     opt.zero_grad()
     _torch_loss(tp, torch.tensor(xs[t]), torch.tensor(ys[t])).backward()
     opt.step()
@@ -289,3 +292,55 @@ def test_sgd_ema_differs_from_torch_momentum_only_by_its_zero_start():
   first_torch = params["b2"] - torch_traj["b2"][0]
   first_ours = params["b2"] - ours["b2"][0]
   np.testing.assert_allclose(first_ours, 0.1 * first_torch, rtol=1e-12)
+
+
+# Momentum and b1 changing every step, as torch's OneCycleLR/CyclicLR change a param group's
+# `momentum` / `betas[0]` between steps: the torch side sets the group directly, the
+# gradcore_jax side gets the same values as a schedule `count -> value`.
+MOMENTUM_VALUES = 0.5 + 0.45 * np.abs(np.sin(0.37 * np.arange(STEPS)))
+MOMENTUM_CASES = [
+    ("sgd-momentum", torch.optim.SGD, dict(lr=0.05, momentum=0.9), gcj.sgd, dict(learning_rate=0.05), "momentum"),
+    (
+        "sgd-nesterov-dampening-wd",
+        torch.optim.SGD,
+        dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+        gcj.sgd,
+        dict(learning_rate=0.05, nesterov=True, weight_decay=0.01),
+        "momentum",
+    ),
+    (
+        "rmsprop-momentum-centered",
+        torch.optim.RMSprop,
+        dict(lr=0.005, momentum=0.9, centered=True),
+        gcj.rmsprop,
+        dict(learning_rate=0.005, centered=True),
+        "momentum",
+    ),
+    ("adam-amsgrad", torch.optim.Adam, dict(lr=0.01, amsgrad=True), gcj.adam, dict(learning_rate=0.01, amsgrad=True), "b1"),
+    ("adamw", torch.optim.AdamW, dict(lr=0.01), gcj.adamw, dict(learning_rate=0.01), "b1"),
+    ("adamax", torch.optim.Adamax, dict(lr=0.01), gcj.adamax, dict(learning_rate=0.01), "b1"),
+    ("nadam", torch.optim.NAdam, dict(lr=0.01), gcj.nadam, dict(learning_rate=0.01), "b1"),
+    ("radam", torch.optim.RAdam, dict(lr=0.01), gcj.radam, dict(learning_rate=0.01), "b1"),
+]
+
+
+def _set_group_momentum(name):
+  def before_step(opt, t):
+    for group in opt.param_groups:
+      if name == "momentum":
+        group["momentum"] = float(MOMENTUM_VALUES[t])
+      else:
+        group["betas"] = (float(MOMENTUM_VALUES[t]), group["betas"][1])
+
+  return before_step
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", MOMENTUM_CASES, ids=[c[0] for c in MOMENTUM_CASES])
+def test_momentum_and_b1_schedules_match_torch_param_group_changes(case, dtype):
+  _, torch_cls, torch_kwargs, factory, kwargs, name = case
+  with _precision(dtype):
+    theirs = run_torch(torch_cls, torch_kwargs, dtype, before_step=_set_group_momentum(name))
+    values = jnp.asarray(MOMENTUM_VALUES, dtype=jnp.result_type(float))
+    ours = run_jax(factory(**kwargs, **{name: lambda count: values[count]}), dtype)
+  assert_same_trajectory(ours, theirs, dtype)

@@ -130,7 +130,8 @@ def fit(
     log_interval: steps between syncs with the device (NaN/Inf check, progress bar).
     progress: print the header and progress bars (to stderr).
     clip_global_norm: scale every step's gradients to a global norm of at most this
-      (`optax.clip_by_global_norm` in front of the optimizer, without changing the
+      with torch's `clip_grad_norm_` rule, `coef = min(1, max_norm / (norm + 1e-6))`
+      (`transforms.clip_by_torch_norm` in front of the optimizer, without changing the
       optimizer state's structure); None: no clipping.
     on_nonfinite: what a step whose loss or gradients hold a NaN/Inf does. `"raise"`:
       training stops at the next sync with `NonFiniteLossError` naming the step.

@@ -32,6 +32,7 @@ import optax
 from jax import lax
 
 from gradcore_jax import metrics as metrics_lib
+from gradcore_jax import transforms
 from gradcore_jax._typing import Array
 from gradcore_jax._typing import PyTree
 from gradcore_jax.training._models import Adapted
@@ -63,7 +64,8 @@ class StepOptions:
 
   Attributes:
     clip_global_norm: scale the gradients so that their global norm is at most this
-      (`optax.clip_by_global_norm`, applied before the optimizer), or None.
+      with torch's `clip_grad_norm_` rule (`transforms.clip_by_torch_norm`:
+      `coef = min(1, max_norm / (norm + 1e-6))`, applied before the optimizer), or None.
     on_nonfinite: None: the step returns its batch loss. `"raise"`: it returns
       `[batch_loss, finite]`, `finite` being 1 when the loss and every gradient were
       finite, else 0 (the caller raises). `"skip"`: the same, and a non-finite step
@@ -118,7 +120,6 @@ def build_steps(
   collection = metrics_lib.collection(metrics)
   packing = _Packing(collection.init)
   loss_kwargs = _mask_keyword(loss)
-  clip = None if options.clip_global_norm is None else optax.clip_by_global_norm(options.clip_global_norm)
 
   def forward(params: PyTree, model_state: PyTree, batch: BatchData) -> tuple[Array, tuple]:
     (inputs, targets), mask = _unpack(batch)
@@ -138,8 +139,8 @@ def build_steps(
     grad_fn = jax.value_and_grad(forward, has_aux=True)
     (batch_loss, (_, targets, predictions, mask, model_state)), grads = grad_fn(carry.params, carry.model_state, batch)
     finite = _all_finite(batch_loss, grads)
-    if clip is not None:
-      grads, _ = clip.update(grads, optax.EmptyState())
+    if options.clip_global_norm is not None:
+      grads, _ = transforms.clip_by_torch_norm(grads, options.clip_global_norm)
     updates, opt_state = model.tx.update(grads, carry.opt_state, carry.params)
     params = optax.apply_updates(carry.params, updates)
     metric_states = collection.update(packing.unpack(carry.metrics), targets, predictions, mask=mask)

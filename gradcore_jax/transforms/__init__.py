@@ -21,6 +21,11 @@ Conventions shared by every block:
 
 from __future__ import annotations
 
+from gradcore_jax.transforms._clipping import ClipGradNormState
+from gradcore_jax.transforms._clipping import clip_by_torch_norm
+from gradcore_jax.transforms._clipping import clip_grad_norm
+from gradcore_jax.transforms._clipping import clip_grad_value
+from gradcore_jax.transforms._clipping import total_norm
 from gradcore_jax.transforms._decay import coupled_weight_decay
 from gradcore_jax.transforms._decay import decoupled_weight_decay
 from gradcore_jax.transforms._decay import inverse_time_decay
@@ -49,6 +54,7 @@ from gradcore_jax.transforms._scaling import maximize
 from gradcore_jax.transforms._scaling import scale_by_learning_rate
 
 __all__ = [
+    "ClipGradNormState",
     "EmaMomentumState",
     "ScaleByAdadeltaState",
     "ScaleByAdagradState",
@@ -60,6 +66,9 @@ __all__ = [
     "ScaleByRmsState",
     "TorchMomentumState",
     "bias_correction",
+    "clip_by_torch_norm",
+    "clip_grad_norm",
+    "clip_grad_value",
     "coupled_weight_decay",
     "decoupled_weight_decay",
     "ema_momentum",
@@ -75,4 +84,5 @@ __all__ = [
     "scale_by_radam",
     "scale_by_rms",
     "torch_momentum",
+    "total_norm",
 ]

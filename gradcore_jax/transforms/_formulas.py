@@ -58,6 +58,15 @@ def ema(moment: Array, value: Array, decay: Scalar) -> Array:
   return (decay * moment + (1 - decay) * value).astype(moment.dtype)
 
 
+def value_at(hyperparameter: Any, count: Array) -> Any:
+  """A hyperparameter's value at update `count` (0 on the first update): a schedule is called.
+
+  Lets `momentum` and `b1` follow a schedule (torch's `OneCycleLR` and `CyclicLR` change
+  them every step) with the same convention as the learning rate.
+  """
+  return hyperparameter(count) if callable(hyperparameter) else hyperparameter
+
+
 def as_float(count: Array) -> Array:
   """A step counter as a float of the default precision (float64 under x64)."""
   return jnp.asarray(count, dtype=jnp.result_type(float))

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from gradcore_jax import _checks
-from gradcore_jax._typing import Array, PyTree, Scalar
+from gradcore_jax._typing import Array, PyTree, Scalar, ScalarOrSchedule
 from gradcore_jax.transforms._formulas import as_float
 from gradcore_jax.transforms._formulas import ema
 from gradcore_jax.transforms._formulas import increment
@@ -18,6 +18,7 @@ from gradcore_jax.transforms._formulas import map_state
 from gradcore_jax.transforms._formulas import map_updates
 from gradcore_jax.transforms._formulas import power
 from gradcore_jax.transforms._formulas import zero_count
+from gradcore_jax.transforms._formulas import value_at
 from gradcore_jax.transforms._formulas import zeros_like
 from gradcore_jax.transforms._formulas import bias_correction
 from gradcore_jax.transforms._formulas import rms_denominator
@@ -79,7 +80,7 @@ class ScaleByAdamState(NamedTuple):
   nu_max: Optional[PyTree]
 
 
-def _check_betas(b1: Scalar, b2: Scalar, eps: Scalar) -> None:
+def _check_betas(b1: ScalarOrSchedule, b2: Scalar, eps: Scalar) -> None:
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
   _checks.check_non_negative("eps", eps)
@@ -93,7 +94,7 @@ def _first_and_second_moments(updates: PyTree, mu: PyTree, nu: PyTree, b1: Scala
 
 
 def scale_by_adam(
-    b1: Scalar = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8, amsgrad: bool = False
+    b1: ScalarOrSchedule = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8, amsgrad: bool = False
 ) -> GradientTransformation:
   """Torch's Adam direction (Kingma & Ba, 2015).
 
@@ -115,10 +116,11 @@ def scale_by_adam(
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     _checks.check_tree_matches(updates, state.mu, what="the Adam state")
+    b1_t = value_at(b1, state.count)
     count = increment(state.count)
-    mu, nu = _first_and_second_moments(updates, state.mu, state.nu, b1, b2)
+    mu, nu = _first_and_second_moments(updates, state.mu, state.nu, b1_t, b2)
     nu_max = map_state(lambda g, vmax, v: jnp.maximum(vmax, v), updates, state.nu_max, nu) if amsgrad else None
-    bc1, bc2 = bias_correction(b1, count), bias_correction(b2, count)
+    bc1, bc2 = bias_correction(b1_t, count), bias_correction(b2, count)
     updates = map_updates(
         lambda g, m, v: (m / bc1) / rms_denominator(v, eps, bc2), updates, mu, nu_max if amsgrad else nu
     )
@@ -133,7 +135,7 @@ class ScaleByAdamaxState(NamedTuple):
   inf_norm: PyTree
 
 
-def scale_by_adamax(b1: Scalar = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8) -> GradientTransformation:
+def scale_by_adamax(b1: ScalarOrSchedule = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8) -> GradientTransformation:
   """Torch's Adamax direction (Kingma & Ba, 2015, §7).
 
   `m <- b1*m + (1-b1)*g`, `u <- max(b2*u, |g| + eps)`, output `(m / bc1) / u`.
@@ -146,10 +148,11 @@ def scale_by_adamax(b1: Scalar = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8) ->
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     _checks.check_tree_matches(updates, state.mu, what="the Adamax state")
+    b1_t = value_at(b1, state.count)
     count = increment(state.count)
-    mu = map_state(lambda g, m: ema(m, g, b1), updates, state.mu)
+    mu = map_state(lambda g, m: ema(m, g, b1_t), updates, state.mu)
     inf_norm = map_state(lambda g, u: jnp.maximum(b2 * u, jnp.abs(g) + eps), updates, state.inf_norm)
-    bc1 = bias_correction(b1, count)
+    bc1 = bias_correction(b1_t, count)
     updates = map_updates(lambda g, m, u: (m / bc1) / u, updates, mu, inf_norm)
     return updates, ScaleByAdamaxState(count=count, mu=mu, inf_norm=inf_norm)
 
@@ -166,7 +169,7 @@ class ScaleByNadamState(NamedTuple):
 
 
 def scale_by_nadam(
-    b1: Scalar = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8, momentum_decay: Scalar = 4e-3
+    b1: ScalarOrSchedule = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8, momentum_decay: Scalar = 4e-3
 ) -> GradientTransformation:
   """Torch's NAdam direction (Dozat, 2016), with its momentum-decay schedule.
 
@@ -178,8 +181,8 @@ def scale_by_nadam(
   _check_betas(b1, b2, eps)
   _checks.check_non_negative("momentum_decay", momentum_decay)
 
-  def momentum_at(step: Array) -> Array:
-    return b1 * (1 - 0.5 * power(0.96, step * momentum_decay))
+  def momentum_at(beta1: Scalar, step: Array) -> Array:
+    return beta1 * (1 - 0.5 * power(0.96, step * momentum_decay))
 
   def init_fn(params):
     return ScaleByNadamState(
@@ -192,13 +195,14 @@ def scale_by_nadam(
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     _checks.check_tree_matches(updates, state.mu, what="the NAdam state")
+    b1_t = value_at(b1, state.count)
     count = increment(state.count)
     step = as_float(count)
-    mu_t, mu_next = momentum_at(step), momentum_at(step + 1)
+    mu_t, mu_next = momentum_at(b1_t, step), momentum_at(b1_t, step + 1)
     mu_product = (state.mu_product * mu_t).astype(state.mu_product.dtype)
     grad_coef = (1 - mu_t) / (1 - mu_product)
     momentum_coef = mu_next / (1 - mu_product * mu_next)
-    mu, nu = _first_and_second_moments(updates, state.mu, state.nu, b1, b2)
+    mu, nu = _first_and_second_moments(updates, state.mu, state.nu, b1_t, b2)
     bc2 = bias_correction(b2, count)
 
     def direction(g, m, v):
@@ -217,7 +221,7 @@ class ScaleByRadamState(NamedTuple):
   nu: PyTree
 
 
-def scale_by_radam(b1: Scalar = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8) -> GradientTransformation:
+def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8) -> GradientTransformation:
   """Torch's RAdam direction (Liu et al., 2020).
 
   `rho_inf = 2/(1-b2) - 1`, `rho_t = rho_inf - 2 t b2**t / bc2`, `m_hat = m / bc1`.
@@ -234,9 +238,10 @@ def scale_by_radam(b1: Scalar = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8) -> 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     _checks.check_tree_matches(updates, state.mu, what="the RAdam state")
+    b1_t = value_at(b1, state.count)
     count = increment(state.count)
-    mu, nu = _first_and_second_moments(updates, state.mu, state.nu, b1, b2)
-    bc1, bc2 = bias_correction(b1, count), bias_correction(b2, count)
+    mu, nu = _first_and_second_moments(updates, state.mu, state.nu, b1_t, b2)
+    bc1, bc2 = bias_correction(b1_t, count), bias_correction(b2, count)
     rho_inf = 2 / (1 - b2) - 1
     rho_t = _radam_rho(b2, count)
     rectify = rho_t > 5

@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import optax
 
 from gradcore_jax import _checks
-from gradcore_jax._typing import Array, PyTree, Scalar
+from gradcore_jax._typing import Array, PyTree, Scalar, ScalarOrSchedule
 from gradcore_jax.transforms._formulas import ema
 from gradcore_jax.transforms._formulas import increment
 from gradcore_jax.transforms._formulas import map_state
 from gradcore_jax.transforms._formulas import map_updates
+from gradcore_jax.transforms._formulas import value_at
 from gradcore_jax.transforms._formulas import zero_count
 from gradcore_jax.transforms._formulas import zeros_like
 
@@ -25,12 +26,20 @@ class TorchMomentumState(NamedTuple):
   momentum_buffer: PyTree
 
 
-def torch_momentum(momentum: Scalar, dampening: Scalar = 0.0, nesterov: bool = False) -> GradientTransformation:
+def torch_momentum(
+    momentum: ScalarOrSchedule, dampening: Scalar = 0.0, nesterov: bool = False
+) -> GradientTransformation:
   """Torch's SGD momentum trace.
 
   `buf <- g` on the first step, then `buf <- momentum * buf + (1 - dampening) * g`;
   the output is `g + momentum * buf` with `nesterov`, else `buf`. The buffer holds no
   learning rate. Nesterov requires `momentum > 0` and `dampening == 0` (as in torch).
+
+  Args:
+    momentum: the momentum factor, or a schedule `count -> momentum` evaluated at the
+      number of updates already taken (as torch's `OneCycleLR`/`CyclicLR` change it).
+    dampening: dampening of the gradient's contribution after the first step.
+    nesterov: output the Nesterov look-ahead `g + momentum * buf`.
   """
   _checks.check_non_negative("momentum", momentum)
   _checks.check_non_negative("dampening", dampening)
@@ -47,13 +56,14 @@ def torch_momentum(momentum: Scalar, dampening: Scalar = 0.0, nesterov: bool = F
     del params, extra_args
     _checks.check_tree_matches(updates, state.momentum_buffer, what="the momentum buffer")
     first_step = state.count == 0
+    momentum_t = value_at(momentum, state.count)
     buffer = map_state(
-        lambda g, b: jnp.where(first_step, g, momentum * b + (1 - dampening) * g),
+        lambda g, b: jnp.where(first_step, g, momentum_t * b + (1 - dampening) * g),
         updates,
         state.momentum_buffer,
     )
     if nesterov:
-      updates = map_updates(lambda g, b: g + momentum * b, updates, buffer)
+      updates = map_updates(lambda g, b: g + momentum_t * b, updates, buffer)
     else:
       updates = map_updates(lambda g, b: b, updates, buffer)
     return updates, TorchMomentumState(count=increment(state.count), momentum_buffer=buffer)
