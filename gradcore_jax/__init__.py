@@ -5,7 +5,9 @@ The optimizers are Optax `GradientTransformation`s that reproduce `torch.optim`:
     import gradcore_jax as gcj
     tx = gcj.rmsprop(1e-3, alpha=0.99)
 
-Modules: `optimizers`, `transforms` (their building blocks), `losses`, `metrics`, `data`
+Modules: `optimizers`, `transforms` (their building blocks, torch's gradient clipping),
+`schedules` (every `torch.optim.lr_scheduler`), `param_groups` (torch-style groups),
+`torch_state` (torch optimizer `state_dict` import/export), `losses`, `metrics`, `data`
 (`DataLoader`), `training` (`fit`, `evaluate`, `TrainingStats`), `checkpoint`
 (`Checkpointer`, needs the `checkpoint` extra: orbax is imported on first use).
 """
@@ -15,6 +17,7 @@ from gradcore_jax import data
 from gradcore_jax import losses
 from gradcore_jax import metrics
 from gradcore_jax import optimizers
+from gradcore_jax import schedules
 from gradcore_jax import training
 from gradcore_jax import transforms
 from gradcore_jax.data import Batch
@@ -33,6 +36,12 @@ from gradcore_jax.optimizers import radam
 from gradcore_jax.optimizers import rmsprop
 from gradcore_jax.optimizers import sgd
 from gradcore_jax.optimizers import sgd_ema
+from gradcore_jax.param_groups import decay_label
+from gradcore_jax.param_groups import no_decay_groups
+from gradcore_jax.param_groups import param_groups
+from gradcore_jax import torch_state
+from gradcore_jax.torch_state import from_torch_state_dict
+from gradcore_jax.torch_state import to_torch_state_dict
 from gradcore_jax.training import FitResult
 from gradcore_jax.training import NonFiniteLossError
 from gradcore_jax.training import TrainingStats
@@ -56,18 +65,25 @@ __all__ = [
     "adamw",
     "checkpoint",
     "data",
+    "decay_label",
     "evaluate",
     "fit",
+    "from_torch_state_dict",
     "losses",
     "metrics",
     "multi_tensor",
     "nadam",
+    "no_decay_groups",
     "optimizers",
+    "param_groups",
     "radam",
     "rmsprop",
+    "schedules",
     "sgd",
     "sgd_ema",
     "state_memory",
+    "to_torch_state_dict",
+    "torch_state",
     "training",
     "transforms",
 ]
