@@ -1,8 +1,11 @@
 """Validation of hyperparameters, gradient trees and leaf dtypes, shared by every building block.
 
-Hyperparameters are only checked when they are concrete Python (or NumPy) numbers.
-Arrays and tracers pass unchecked: `optax.inject_hyperparams` re-calls factories with
-traced scalars, and no Python branch may depend on their values.
+Hyperparameters are checked when they are concrete: Python or NumPy numbers, and NumPy or
+JAX arrays outside a trace (`optax.inject_hyperparams` builds its optimizer with concrete
+arrays in `init`, so a bad injected value is caught there). Traced values cannot be checked
+(no Python branch may depend on them), but their *shape* is known under tracing, and an
+array hyperparameter must be a scalar everywhere: a `(1, 1)`-shaped `b1` would otherwise
+broadcast every update, and the params, to a new shape.
 """
 
 from __future__ import annotations
@@ -33,26 +36,54 @@ def is_static_zero(value: Any) -> bool:
   return is_number(value) and value == 0
 
 
+def concrete_value(name: str, value: Any) -> Any:
+  """`value` as a Python float when it can be checked now, else None (a schedule, a tracer).
+
+  Raises a ValueError naming `name` for an array hyperparameter that is not a scalar, or a
+  TypeError for one that is not a real number.
+  """
+  if callable(value) or value is None or isinstance(value, bool):
+    return None
+  if is_number(value):
+    return float(value)
+  if isinstance(value, (np.ndarray, np.generic, jax.Array)):
+    if np.ndim(value) != 0:
+      raise ValueError(
+          f"{name} must be a scalar, got an array of shape {np.shape(value)}: it would broadcast the updates "
+          "(and the params) to a new shape. Pass a 0-d array (e.g. `x.reshape(())`) or a number."
+      )
+    if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
+      raise TypeError(f"{name} must be a real number, got an array of dtype {value.dtype}.")
+    if isinstance(value, jax.core.Tracer):
+      return None
+    return float(value)
+  return None
+
+
 def check_learning_rate(learning_rate: ScalarOrSchedule) -> None:
-  if callable(learning_rate) or not is_number(learning_rate):
-    return
-  if math.isnan(learning_rate) or learning_rate < 0:
+  if learning_rate is None:
+    raise TypeError("learning_rate must be a number, a scalar array or a schedule, got None.")
+  value = concrete_value("learning_rate", learning_rate)
+  if value is not None and not value >= 0:  # `not >=` also rejects NaN
     raise ValueError(f"learning_rate must be a non-negative number or a schedule, got {learning_rate!r}.")
 
 
 def check_non_negative(name: str, value: Any) -> None:
-  if is_number(value) and not value >= 0:  # `not >=` also rejects NaN
+  number = concrete_value(name, value)
+  if number is not None and not number >= 0:  # `not >=` also rejects NaN
     raise ValueError(f"{name} must be >= 0, got {value!r}.")
 
 
 def check_positive(name: str, value: Any) -> None:
-  if is_number(value) and not value > 0:  # `not >` also rejects NaN
+  number = concrete_value(name, value)
+  if number is not None and not number > 0:  # `not >` also rejects NaN
     raise ValueError(f"{name} must be > 0, got {value!r}.")
 
 
 def check_unit_interval(name: str, value: Any) -> None:
   """Decay rates live in [0, 1): a rate of 1 never forgets and never learns."""
-  if is_number(value) and not 0 <= value < 1:
+  number = concrete_value(name, value)
+  if number is not None and not 0 <= number < 1:
     raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
 
 

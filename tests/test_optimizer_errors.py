@@ -221,3 +221,37 @@ def test_a_failed_donating_jitted_update_consumes_no_buffers(name):
   chex.assert_trees_all_equal(state, tx.init(params))
   updates, _ = step(make_grads(), state, params)  # the same state can still be donated
   chex.assert_tree_all_finite(updates)
+
+
+# --------------------------------------------------------------------------------------
+# Array hyperparameters: validated like numbers when concrete, and always required to be scalars.
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: gcj.adam(1e-3, b1=jnp.array([[[0.9]]])), r"b1 must be a scalar, got an array of shape \(1, 1, 1\)"),
+        (lambda: gcj.sgd(jnp.array([1e-3])), r"learning_rate must be a scalar, got an array of shape \(1,\)"),
+        (lambda: gcj.rmsprop(alpha=np.float32(1.5)), r"alpha must be in \[0, 1\)"),
+        (lambda: gcj.adam(jnp.array(-1.0)), "learning_rate must be a non-negative number"),
+        (lambda: gcj.sgd(0.1, momentum=jnp.array(-0.5)), "momentum must be >= 0"),
+        (lambda: optax.inject_hyperparams(gcj.adam)(learning_rate=-0.1).init({"w": jnp.ones(2)}),
+         "learning_rate must be a non-negative number"),
+    ],
+)
+def test_array_hyperparameters_are_checked_and_must_be_scalars(make, match) -> None:
+  with pytest.raises(ValueError, match=match):
+    make()
+
+
+def test_a_missing_learning_rate_is_named() -> None:
+  with pytest.raises(TypeError, match="learning_rate must be a number, a scalar array or a schedule, got None"):
+    gcj.adam(learning_rate=None)
+
+
+def test_traced_scalar_hyperparameters_still_work_under_inject_hyperparams() -> None:
+  params = {"w": jnp.ones(3)}
+  tx = optax.inject_hyperparams(gcj.adam)(learning_rate=1e-2, b1=0.8)
+  state = tx.init(params)
+  updates, state = jax.jit(tx.update)({"w": jnp.ones(3)}, state, params)
+  assert updates["w"].shape == (3,) and np.all(np.isfinite(updates["w"]))
