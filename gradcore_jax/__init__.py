@@ -27,13 +27,17 @@ from gradcore_jax.multi_tensor import MultiTensorState
 from gradcore_jax.multi_tensor import multi_tensor
 from gradcore_jax.memory import state_memory
 from gradcore_jax.optimizers import adadelta
+from gradcore_jax.optimizers import adafactor
 from gradcore_jax.optimizers import adagrad
 from gradcore_jax.optimizers import adam
 from gradcore_jax.optimizers import adamax
 from gradcore_jax.optimizers import adamw
+from gradcore_jax.optimizers import asgd
+from gradcore_jax.optimizers import muon
 from gradcore_jax.optimizers import nadam
 from gradcore_jax.optimizers import radam
 from gradcore_jax.optimizers import rmsprop
+from gradcore_jax.optimizers import rprop
 from gradcore_jax.optimizers import sgd
 from gradcore_jax.optimizers import sgd_ema
 from gradcore_jax.param_groups import decay_label
@@ -59,10 +63,12 @@ __all__ = [
     "StateMemory",
     "TrainingStats",
     "adadelta",
+    "adafactor",
     "adagrad",
     "adam",
     "adamax",
     "adamw",
+    "asgd",
     "checkpoint",
     "data",
     "decay_label",
@@ -72,12 +78,14 @@ __all__ = [
     "losses",
     "metrics",
     "multi_tensor",
+    "muon",
     "nadam",
     "no_decay_groups",
     "optimizers",
     "param_groups",
     "radam",
     "rmsprop",
+    "rprop",
     "schedules",
     "sgd",
     "sgd_ema",

@@ -22,7 +22,12 @@ rewrites some operations by operand shape (a division by a scalar becomes a
 multiplication by its reciprocal, except on 0-d arrays). Transformations
 with per-leaf reductions (LAMB/LARS trust ratios, per-leaf clipping) or with masks that
 name the tree's leaves (`optax.masked`, `adamw(mask=...)`) would see the flat buffers
-instead: wrap such masks *around* `multi_tensor`, not inside it.
+instead: wrap such masks *around* `multi_tensor`, not inside it. Two gradcore_jax
+optimizers are not elementwise and are refused with a ValueError naming them:
+`adafactor` (second moments factored over each leaf's last two axes, a step scaled by each
+leaf's RMS) and `muon` (each leaf orthogonalised as a matrix); packing would change their
+math, and they have no small leaves to gain from it (Muon takes 2-D leaves only, and
+Adafactor's state for a vector is as small as the vector).
 
 State layout (differs from `tx`'s). `MultiTensorState(inner, offsets)`:
 
@@ -60,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gradcore_jax import transforms
 from gradcore_jax._typing import Array, PyTree
 
 __all__ = ["DEFAULT_MAX_LEAF_SIZE", "MultiTensorState", "multi_tensor"]
@@ -68,6 +74,27 @@ DEFAULT_MAX_LEAF_SIZE = 1 << 13
 """Leaves with more elements are left as they are: measured on CPU (`benchmarks`' packing
 sweep), packing pays at run time up to between 4K and 16K elements per leaf, and at
 compile time beyond."""
+
+
+# States of blocks whose rule depends on each leaf's shape or reduces over whole leaves.
+_LEAF_SHAPED_STATES: dict[type, str] = {
+    transforms.ScaleByAdafactorState: (
+        "gcj.adafactor (transforms.scale_by_adafactor): it factors each leaf's second moment over the "
+        "leaf's last two axes and scales each leaf's step by that leaf's RMS"
+    ),
+    transforms.ScaleByMuonState: "gcj.muon (transforms.scale_by_muon): it orthogonalises each leaf as a matrix",
+}
+
+
+def _refuse_leaf_shaped(state: Any) -> None:
+  """Raises a ValueError naming the first block in `state` whose math packing would change."""
+  kinds = tuple(_LEAF_SHAPED_STATES)
+  for node in jax.tree.leaves(state, is_leaf=lambda node: isinstance(node, kinds)):
+    if isinstance(node, kinds):
+      raise ValueError(
+          f"multi_tensor cannot wrap {_LEAF_SHAPED_STATES[type(node)]}: packing leaves into flat buffers "
+          "would change the result. Use that optimizer without multi_tensor."
+      )
 
 
 class MultiTensorState(NamedTuple):
@@ -221,12 +248,14 @@ def multi_tensor(
   tx = optax.with_extra_args_support(tx)
 
   def init_fn(params: PyTree) -> MultiTensorState:
+    _refuse_leaf_shaped(jax.eval_shape(tx.init, params))
     layout, leaves = _layout(params, max_leaf_size)
     return MultiTensorState(inner=tx.init(layout.pack(leaves)), offsets=_offset_arrays(layout))
 
   def update_fn(
       updates: PyTree, state: MultiTensorState, params: PyTree = None, **extra_args: Any
   ) -> tuple[PyTree, MultiTensorState]:
+    _refuse_leaf_shaped(state.inner)
     layout, grads = _layout(updates, max_leaf_size)
     param_layout, param_leaves = (None, None) if params is None else _layout(params, max_leaf_size)
     _check_layouts(layout, param_layout, state.offsets, updates)

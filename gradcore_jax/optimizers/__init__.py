@@ -7,20 +7,25 @@ from typing import Callable
 import optax
 
 from gradcore_jax.optimizers._alias import adadelta
+from gradcore_jax.optimizers._alias import adafactor
 from gradcore_jax.optimizers._alias import adagrad
 from gradcore_jax.optimizers._alias import adam
 from gradcore_jax.optimizers._alias import adamax
 from gradcore_jax.optimizers._alias import adamw
+from gradcore_jax.optimizers._alias import asgd
+from gradcore_jax.optimizers._alias import muon
 from gradcore_jax.optimizers._alias import nadam
 from gradcore_jax.optimizers._alias import radam
 from gradcore_jax.optimizers._alias import rmsprop
+from gradcore_jax.optimizers._alias import rprop
 from gradcore_jax.optimizers._alias import sgd
 from gradcore_jax.optimizers._alias import sgd_ema
 
 OptimizerFactory = Callable[..., optax.GradientTransformationExtraArgs]
 
 _REGISTRY: dict[str, OptimizerFactory] = {
-    f.__name__: f for f in (sgd, sgd_ema, rmsprop, adam, adamw, adagrad, adadelta, adamax, nadam, radam)
+    f.__name__: f
+    for f in (sgd, sgd_ema, rmsprop, adam, adamw, adagrad, adadelta, adamax, nadam, radam, rprop, asgd, adafactor, muon)
 }
 
 
@@ -38,5 +43,6 @@ def get(name: str) -> OptimizerFactory:
 
 
 __all__ = [
-    "adadelta", "adagrad", "adam", "adamax", "adamw", "get", "nadam", "names", "radam", "rmsprop", "sgd", "sgd_ema",
+    "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "asgd", "get", "muon", "nadam", "names", "radam",
+    "rmsprop", "rprop", "sgd", "sgd_ema",
 ]

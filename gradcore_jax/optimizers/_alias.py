@@ -419,3 +419,189 @@ def radam(
   return _torch_chain(
       [transforms.scale_by_radam(b1, b2, eps)], learning_rate, weight_decay, maximize, decoupled=decoupled_weight_decay
   )
+
+
+def _pair(name: str, value: Sequence[Scalar]) -> tuple[Scalar, Scalar]:
+  """Unpacks torch's tuple arguments (`etas`, `step_sizes`, `eps`), naming the argument when it is not a pair."""
+  try:
+    first, second = value
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a pair (two values), got {value!r}.") from None
+  return first, second
+
+
+def rprop(
+    learning_rate: Scalar = 1e-2,
+    etas: Sequence[Scalar] = (0.5, 1.2),
+    step_sizes: Sequence[Scalar] = (1e-6, 50),
+    maximize: bool = False,
+) -> GradientTransformation:
+  """Rprop as `torch.optim.Rprop` (resilient backpropagation): per-element step sizes, sign-only steps.
+
+  With `s = sign(g * prev)`: `step_size <- clip(step_size * f, *step_sizes)`, `f = etas[1]`
+  where `s > 0`, `etas[0]` where `s < 0`, 1 where `s == 0`; `g <- 0` where `s < 0`;
+  `p <- p - step_size * sign(g)`; `prev <- g`. The step sizes start at `learning_rate`.
+
+  Defaults: lr 1e-2, etas (0.5, 1.2), step_sizes (1e-6, 50) (torch's). As in torch, the
+  learning rate is only the *initial* step size: changing it later (through
+  `optax.inject_hyperparams`; in torch, a scheduler) does nothing, and a schedule is refused. To inject
+  the pairs, wrap them: `optax.inject_hyperparams(lambda learning_rate, eta_minus, eta_plus:
+  gcj.rprop(learning_rate, etas=(eta_minus, eta_plus)))(1e-2, 0.5, 1.2)`.
+  (`optax.rprop` skips the clip where `s == 0`; torch and this function clip every step.)
+
+  Args:
+    learning_rate: the initial step size of every element (torch's `lr`), >= 0.
+    etas: `(eta_minus, eta_plus)`, the factors applied to the step size after a sign
+      change and after a kept sign: `0 < eta_minus < 1 < eta_plus`.
+    step_sizes: `(min, max)` bounds of the step size, `0 <= min <= max`.
+    maximize: ascend the objective instead (torch's `maximize=True`).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+
+  Raises:
+    TypeError: if `learning_rate` is a schedule.
+    ValueError: for etas or step sizes out of range, or not pairs.
+  """
+  if callable(learning_rate):
+    raise TypeError(
+        "rprop's learning_rate is the initial step size (torch's lr is read once, when the state is created), "
+        "so a schedule would have no effect; pass a number."
+    )
+  eta_minus, eta_plus = _pair("etas", etas)
+  min_step_size, max_step_size = _pair("step_sizes", step_sizes)
+  block = transforms.scale_by_rprop(learning_rate, eta_minus, eta_plus, min_step_size, max_step_size)
+  # The block's output already holds the step sizes: the last block only flips its sign.
+  return _torch_chain([block], 1.0, 0.0, maximize)
+
+
+def asgd(
+    learning_rate: ScalarOrSchedule = 1e-2,
+    lambd: Scalar = 1e-4,
+    alpha: Scalar = 0.75,
+    t0: Scalar = 1e6,
+    weight_decay: Scalar = 0.0,
+    maximize: bool = False,
+) -> GradientTransformation:
+  """Averaged SGD as `torch.optim.ASGD` (single-tensor path), keeping the parameter average.
+
+  `g <- g + wd*p`; `p <- p*(1 - lambd*eta) - eta*g`; `ax <- p` while `mu == 1`, else
+  `ax <- ax + mu*(p - ax)`; then, for update `t`, `eta <- lr / (1 + lambd*lr*t)**alpha`
+  and `mu <- 1/max(1, t - t0)`. `eta` starts at `lr`, `mu` at 1.
+
+  The averaged parameters (torch's `state["ax"]`) are `gcj.transforms.asgd_average(state)`
+  (it finds the ASGD state inside `inject_hyperparams`, `MultiSteps`, `partition`).
+  Defaults: lr 1e-2, lambd 1e-4, alpha 0.75, t0 1e6, weight_decay 0 (torch's). Optax has
+  no ASGD.
+
+  Args:
+    learning_rate: torch's `lr`: the first step size and the base of the decay; a schedule
+      is read as torch reads `lr` after a scheduler step (when the next `eta` is computed).
+    lambd: the decay term, in the step size and as `p*(1 - lambd*eta)`, >= 0.
+    alpha: the power of the step-size decay, >= 0.
+    t0: when averaging starts (`ax` copies the params up to update `t0 + 2`), >= 0.
+    weight_decay: coupled L2 penalty added to the gradient, `g <- g + weight_decay * p`.
+    maximize: ascend the objective instead (torch's `maximize=True`).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`; `update` needs the params.
+  """
+  # The block's output already holds eta (the learning rate): the last block only flips its sign.
+  return _torch_chain([transforms.scale_by_asgd(learning_rate, lambd, alpha, t0)], 1.0, weight_decay, maximize)
+
+
+def adafactor(
+    learning_rate: ScalarOrSchedule = 1e-2,
+    beta2_decay: Scalar = -0.8,
+    eps: Sequence[Optional[Scalar]] = (None, 1e-3),
+    d: Scalar = 1.0,
+    weight_decay: Scalar = 0.0,
+    maximize: bool = False,
+) -> GradientTransformation:
+  """Adafactor as `torch.optim.Adafactor`: factored second moments, a relative step, no first moment.
+
+  Update `t`: `beta2_t = 1 - t**beta2_decay`; for a leaf with >= 2 dims, row and column
+  mean squares over its last two axes, `R <- beta2_t R + (1-beta2_t) mean(g**2, -1)`,
+  `C <- ... mean(g**2, -2)`, `V = R C / max(mean(R), eps1)`; else `V <- beta2_t V + (1-beta2_t) g**2`.
+  `U = g / sqrt(max(V, eps1**2))`, `U <- U / max(1, RMS(U)/d)`,
+  `p <- p*(1 - lr*wd) - max(eps2, RMS(p)) * min(lr, 1/sqrt(t)) * U`.
+
+  Defaults: lr 1e-2, beta2_decay -0.8, eps (None, 1e-3) (None: the machine epsilon of the
+  param's dtype), d 1.0, weight_decay 0 (decoupled, scaled by lr, as torch's). State: a
+  `(m, n)` matrix keeps `m + n` numbers, a vector its own size. To inject `eps`, wrap it
+  as for `rprop`. (Not `optax.adafactor`: Optax factors the two *largest* axes and only when
+  both have >= 128 entries, adds eps 1e-30 to `g**2` instead of flooring, and has its own
+  step-size rule and weight decay.)
+
+  Args:
+    learning_rate: torch's `lr` (number, jax scalar or schedule): caps the relative step
+      `min(lr, 1/sqrt(t))` and scales the weight decay.
+    beta2_decay: exponent of the second-moment decay, <= 0.
+    eps: `(eps1, eps2)`: eps1 floors the second moment (as `eps1**2`) and the row mean
+      (`None`: each leaf's dtype epsilon; torch uses the first param's dtype for all);
+      eps2 floors the parameter RMS in the step size.
+    d: the update clipping threshold, >= 1.
+    weight_decay: decoupled decay rate, `p <- p*(1 - lr*weight_decay)`.
+    maximize: ascend the objective instead (torch's `maximize=True`).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`; `update` needs the params.
+  """
+  eps1, eps2 = _pair("eps", eps)
+  return _torch_chain(
+      [transforms.scale_by_adafactor(learning_rate, beta2_decay, eps1, eps2, d)],
+      learning_rate,
+      weight_decay,
+      maximize,
+      decoupled=True,
+  )
+
+
+def muon(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    weight_decay: Scalar = 0.1,
+    momentum: Scalar = 0.95,
+    nesterov: bool = True,
+    ns_coefficients: Sequence[Scalar] = (3.4445, -4.775, 2.0315),
+    eps: Scalar = 1e-7,
+    ns_steps: int = 5,
+    adjust_lr_fn: Optional[str] = None,
+) -> GradientTransformation:
+  """Muon as `torch.optim.Muon`: orthogonalised momentum for 2-D parameters.
+
+  `buf <- momentum*buf + (1-momentum)*g`; `u = g + momentum*(buf - g)` (nesterov) or `buf`;
+  `O = NS(u)`, `ns_steps` bfloat16 Newton-Schulz iterations (`X <- aX + (bA + cA^2)X`,
+  `A = XX^T`, on `u/max(||u||, eps)`, as torch); `p <- p*(1 - lr*wd) - lr*ratio*O` with
+  `ratio = sqrt(max(1, rows/cols))` ("original", also for None) or
+  `0.2*sqrt(max(rows, cols))` ("match_rms_adamw").
+
+  Every leaf must be 2-D (a ValueError names the first one that is not). Give the other
+  leaves AdamW, as torch's docs do:
+
+      tx = optax.partition({"muon": gcj.muon(0.02), "adamw": gcj.adamw(3e-4)},
+                           lambda params: jax.tree.map(lambda p: "muon" if p.ndim == 2 else "adamw", params))
+
+  (or `gcj.param_groups` with the same labels function). Defaults: torch's (lr 1e-3,
+  weight_decay 0.1, momentum 0.95, nesterov, coefficients (3.4445, -4.775, 2.0315),
+  eps 1e-7, 5 steps). `gcj.multi_tensor` refuses it: packing leaves would change the matrices.
+  (`optax.contrib.muon`: bias-corrected momentum, the iteration in the params' dtype,
+  eps 1e-8 added to the norm, weight_decay 0, `sqrt(max(1, fan_out/fan_in))`, AdamW
+  built in for non-2-D leaves.)
+
+  Args:
+    learning_rate: the step size: a number, a jax scalar or a schedule `count -> lr`.
+    weight_decay: decoupled decay rate, `p <- p*(1 - lr*weight_decay)`.
+    momentum: the momentum factor, >= 0.
+    nesterov: orthogonalise the Nesterov look-ahead instead of the buffer.
+    ns_coefficients: the Newton-Schulz quintic's `(a, b, c)`.
+    eps: floor of the Frobenius norm the input of the iteration is divided by.
+    ns_steps: number of Newton-Schulz iterations, in [0, 100).
+    adjust_lr_fn: `None`/"original" or "match_rms_adamw": the per-matrix learning-rate ratio.
+      Rows and columns are the array's own: torch's `Linear` weights are `(out, in)`,
+      Flax kernels `(in, out)`.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+  """
+  block = transforms.scale_by_muon(momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn)
+  return _torch_chain([block], learning_rate, weight_decay, False, decoupled=True)

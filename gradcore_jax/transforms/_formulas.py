@@ -58,6 +58,21 @@ def ema(moment: Array, value: Array, decay: Scalar) -> Array:
   return (decay * moment + (1 - decay) * value).astype(moment.dtype)
 
 
+def lerp(start: Array, end: Array, weight: Scalar) -> Array:
+  """Torch's `start.lerp(end, weight)`: `start + weight * (end - start)`, in `start`'s dtype.
+
+  Like torch, it switches to `end - (end - start) * (1 - weight)` once `|weight| >= 0.5`,
+  so that a weight of 1 returns `end` exactly; the weight is rounded to `start`'s dtype
+  first, as torch rounds a Python scalar to the tensor's. (This is the same average as
+  `ema(start, end, 1 - weight)` in exact arithmetic; Adafactor's moments and Muon's
+  momentum buffer are written with it in torch, and it rounds differently.)
+  """
+  weight = jnp.asarray(weight).astype(start.dtype)
+  difference = end - start
+  small = jnp.abs(weight) < 0.5
+  return jnp.where(small, start + weight * difference, end - difference * (1 - weight)).astype(start.dtype)
+
+
 def value_at(hyperparameter: Any, count: Array) -> Any:
   """A hyperparameter's value at update `count` (0 on the first update): a schedule is called.
 
