@@ -19,13 +19,37 @@ training can continue from. Arrays are saved exactly (restoring is bit for bit) 
 restored onto the shardings of the tree restored into, so a checkpoint of a sharded run
 comes back sharded. Typed PRNG keys (e.g. Flax NNX `Rngs`) are saved as their key data.
 
+A checkpoint damaged after it was written (files emptied or cut short, a step folder left
+empty, its record missing) raises `UnreadableCheckpointError` naming its folder and what
+failed. `restore()` without a step falls back to the newest checkpoint that restores and
+warns (`UnreadableCheckpointWarning`) naming each one it passed over; reading never
+deletes anything. `set_aside(step)` renames an unreadable checkpoint out of the way
+(`<step>.unreadable-<time>`), so it is no longer listed, restored, overwritten or counted
+(nor deleted) by `keep`.
+
+When an orbax read or write fails, orbax closes the private asyncio event loop it ran the
+operation on while tensorstore still has sibling reads or writes of that operation in
+flight (its `asyncio.gather` returns at the first error). When those finish, tensorstore
+reports their callbacks' `RuntimeError: Event loop is closed` through `sys.unraisablehook`
+(often at interpreter exit), and asyncio may log "Future exception was never retrieved"
+for their own tensorstore errors. The failure itself is raised as an exception here, so
+from the first `Checkpointer` on (the reports can come before the exception is caught)
+this module drops exactly those reports: a RuntimeError "Event loop is closed" raised in
+`call_soon_threadsafe` with no object, and asyncio's log records of tensorstore errors
+nobody awaited. Every other report still reaches its hook or log handler.
+
 orbax-checkpoint is an optional dependency: `pip install 'gradcore-jax[checkpoint]'`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any, Optional
+import sys
+import tempfile
+import time
+import warnings
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +58,17 @@ import numpy as np
 from gradcore_jax._typing import PyTree
 from gradcore_jax.data import _check_int
 
-__all__ = ["CheckpointMismatchError", "Checkpointer", "NonFiniteStateError"]
+__all__ = [
+    "CheckpointMismatchError",
+    "Checkpointer",
+    "NonFiniteStateError",
+    "UnreadableCheckpointError",
+    "UnreadableCheckpointWarning",
+]
 
 _LISTED = 8  # differences named in an error message before "... and N more"
+_REASON_CHARS = 600  # an underlying error's message is cut (in the middle) to this length in a reason
+Failure = tuple[str, str]  # (a checkpoint's folder, why it cannot be read)
 
 
 class CheckpointMismatchError(ValueError):
@@ -47,12 +79,30 @@ class NonFiniteStateError(ValueError):
   """`Checkpointer.save` was given a state with NaN or infinite values; nothing was written."""
 
 
+class UnreadableCheckpointError(OSError):
+  """One or more checkpoints cannot be read (files missing, empty, cut short or corrupt).
+
+  Attributes:
+    failures: `[(folder, reason), ...]`, one per checkpoint that could not be read, newest
+      first. Nothing was deleted or renamed.
+  """
+
+  def __init__(self, message: str, failures: list[Failure]) -> None:
+    super().__init__(message)
+    self.failures = list(failures)
+
+
+class UnreadableCheckpointWarning(UserWarning):
+  """A restore passed over unreadable checkpoints and used an older one (named in the message)."""
+
+
 class Checkpointer:
   """Checkpoints of one training run in `directory`, one per step, the last `keep` kept.
 
   Args:
-    directory: the folder (created if missing). Temporary directories of unfinished
-      writes found there are deleted.
+    directory: the folder (created if missing; ValueError naming it when it is a file or
+      cannot be created). Temporary directories of unfinished writes found there are
+      deleted.
     keep: how many checkpoints to keep (>= 1); saving one more deletes the oldest.
 
   Writes are synchronous: `save` returns when the checkpoint is complete on disk.
@@ -64,13 +114,15 @@ class Checkpointer:
     except ImportError as err:  # pragma: no cover - depends on the environment
       raise ImportError("Checkpoints need orbax-checkpoint: pip install 'gradcore-jax[checkpoint]'.") from err
     self._ocp = ocp
+    _quiet_closed_loop_reports()
+    directory = _folder(directory, "directory")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=_check_int("keep", keep, minimum=1),
         create=True,
         cleanup_tmp_directories=True,
         enable_async_checkpointing=False,
     )
-    self._manager = ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options)
+    self._manager = ocp.CheckpointManager(directory, options=options)
 
   @property
   def directory(self) -> str:
@@ -117,28 +169,94 @@ class Checkpointer:
       raise RuntimeError(f"orbax declined to save step {step} in {self.directory} (its latest is {self.latest_step()}).")
 
   def restore(self, like: PyTree, step: Optional[int] = None) -> tuple[PyTree, dict[str, Any]]:
-    """`(state, record)` of checkpoint `step` (default: the latest), in the structure of `like`.
+    """`(state, record)` of checkpoint `step` (default: the newest that restores), in the structure of `like`.
 
     `like` is the tree to restore into: arrays or `jax.ShapeDtypeStruct`s with the
     checkpoint's paths, shapes and dtypes (e.g. the freshly initialised state); the
-    restored arrays get its leaves' shardings. Raises FileNotFoundError when there is no
-    such checkpoint and `CheckpointMismatchError` naming every path whose presence,
-    shape or dtype differs.
+    restored arrays get its leaves' shardings. Without `step`, checkpoints that cannot be
+    read are passed over, newest first, with an `UnreadableCheckpointWarning` naming each
+    folder and why; none is deleted.
+
+    Raises:
+      FileNotFoundError: there is no such checkpoint (or none at all).
+      CheckpointMismatchError: naming every path whose presence, shape or dtype differs.
+      UnreadableCheckpointError: checkpoint `step` (without `step`: every checkpoint)
+        cannot be read, because its files are missing, empty, cut short or corrupt, or it
+        holds non-finite values; it lists each folder and the reason.
     """
-    step = self._existing(step)
-    header = self._header(step)
-    paths, leaves = _flatten(like)
-    _check_matches(header, paths, leaves, f"{self.directory}/{step}")
-    targets = {str(i): _stored_shape(leaf) for i, leaf in enumerate(leaves)}
-    ocp = self._ocp
-    arrays = self._manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(targets)))["arrays"]
-    impls = header["key_impls"]
-    restored = [jax.random.wrap_key_data(arrays[i], impl=impls[i]) if i in impls else arrays[i] for i in map(str, range(len(leaves)))]
-    return jax.tree.unflatten(jax.tree.structure(like), restored), header["record"]
+    if step is not None:
+      return self._read(like, self._existing(step))
+    found, state, record, passed = self.restore_newest(like)
+    if passed:
+      warnings.warn(UnreadableCheckpointWarning(_passed_over(passed, self.directory, found)), stacklevel=2)
+    return state, record
+
+  def restore_newest(
+      self, like: PyTree, check: Optional[Callable[[dict[str, Any]], Optional[str]]] = None
+  ) -> tuple[int, PyTree, dict[str, Any], list[Failure]]:
+    """The newest checkpoint that restores, as `(step, state, record, passed_over)`; no warning.
+
+    Tries the checkpoints newest first. One that raises `UnreadableCheckpointError`, or
+    whose record `check` objects to, is passed over and listed in `passed_over` as
+    `(folder, reason)`. Nothing is deleted or renamed.
+
+    Args:
+      like: the tree to restore into, as in `restore`.
+      check: `check(record)` returns None, or why the record cannot be used (e.g. it was
+        not written by the program reading it); such a checkpoint counts as unreadable.
+
+    Raises:
+      FileNotFoundError: the folder holds no checkpoint.
+      CheckpointMismatchError: the newest readable checkpoint does not fit `like`.
+      UnreadableCheckpointError: no checkpoint can be read; it lists every one and why.
+    """
+    passed: list[Failure] = []
+    for step in reversed(self.steps()):
+      try:
+        state, record = self._read(like, step)
+        problem = None if check is None else check(record)
+        if problem is not None:
+          raise UnreadableCheckpointError(problem, [(self._path(step), problem)])
+      except UnreadableCheckpointError as err:
+        passed.extend(err.failures)
+        continue
+      return step, state, record, passed
+    if not passed:
+      raise FileNotFoundError(f"No complete checkpoint in {self.directory}.")
+    listed = "".join(f"\n  {path}: {reason}" for path, reason in passed)
+    raise UnreadableCheckpointError(
+        f"None of the {len(passed)} checkpoints in {self.directory} can be read (nothing was deleted):{listed}", passed
+    )
 
   def record(self, step: Optional[int] = None) -> dict[str, Any]:
-    """The JSON record saved with checkpoint `step` (default: the latest), without reading its arrays."""
+    """The JSON record saved with checkpoint `step` (default: the latest), without reading its arrays.
+
+    Raises FileNotFoundError when there is no such checkpoint and `UnreadableCheckpointError`
+    when its record cannot be read.
+    """
     return self._header(self._existing(step))["record"]
+
+  def set_aside(self, step: int) -> str:
+    """Renames checkpoint `step`'s folder to `<step>.unreadable-<time>`; returns the new path.
+
+    The folder keeps all its files but is no longer a checkpoint: it is not listed,
+    restored, overwritten by a new checkpoint of the same step, nor counted (or deleted)
+    by `keep`. Meant for a checkpoint that cannot be read, so that a run resumed from an
+    older one can write its own. With several processes, every one must call it; process 0
+    renames (the path returned is its), the others wait for it.
+    """
+    path = self._path(self._existing(step))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, n = f"{path}.unreadable-{stamp}", 1
+    while os.path.lexists(target):
+      n += 1
+      target = f"{path}.unreadable-{stamp}-{n}"
+    if jax.process_index() == 0:
+      os.rename(path, target)
+    if jax.process_count() > 1:
+      self._ocp.multihost.sync_global_processes(f"gradcore_jax_set_aside_{step}")
+    self._manager.reload()
+    return target
 
   def _existing(self, step: Optional[int]) -> int:
     """`step`, or the latest when None; FileNotFoundError when there is no such complete checkpoint."""
@@ -150,9 +268,57 @@ class Checkpointer:
       raise FileNotFoundError(f"No complete checkpoint of step {step} in {self.directory} (it has {self.steps()}).")
     return step
 
-  def _header(self, step: int) -> dict[str, Any]:
+  def _path(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def _read(self, like: PyTree, step: int) -> tuple[PyTree, dict[str, Any]]:
+    """Checkpoint `step` restored into `like`; `UnreadableCheckpointError` when it cannot be read."""
+    header = self._header(step)
+    paths, leaves = _flatten(like)
+    _check_matches(header, paths, leaves, self._path(step))
+    targets = {str(i): _stored_shape(leaf) for i, leaf in enumerate(leaves)}
     ocp = self._ocp
-    return self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+    try:
+      arrays = self._manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(targets)))["arrays"]
+    except Exception as err:  # pylint: disable=broad-except  (orbax and tensorstore raise many kinds)
+      raise self._unreadable(step, "its arrays", err) from err
+    impls = header["key_impls"]
+    restored = [jax.random.wrap_key_data(arrays[i], impl=impls[i]) if i in impls else arrays[i] for i in map(str, range(len(leaves)))]
+    bad = _non_finite(paths, restored)
+    if bad:
+      reason = f"non-finite values in {_listed(bad)} (save writes finite states only: the data changed since)"
+      path = self._path(step)
+      raise UnreadableCheckpointError(f"Checkpoint {path} cannot be used: {reason}.", [(path, reason)])
+    return jax.tree.unflatten(jax.tree.structure(like), restored), header["record"]
+
+  def _header(self, step: int) -> dict[str, Any]:
+    """The JSON header of checkpoint `step`; `UnreadableCheckpointError` when it is missing or malformed."""
+    path = self._path(step)
+    try:
+      empty = not os.listdir(path)
+    except OSError as err:
+      raise self._unreadable(step, "its folder", err) from err
+    if empty:
+      reason = "the folder is empty"
+      raise UnreadableCheckpointError(f"Checkpoint {path} cannot be read: {reason}.", [(path, reason)])
+    ocp = self._ocp
+    try:
+      header = self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+    except Exception as err:  # pylint: disable=broad-except  (JSONDecodeError, KeyError, OSError, ...)
+      raise self._unreadable(step, "its record", err) from err
+    problem = _header_problem(header)
+    if problem is not None:
+      raise UnreadableCheckpointError(f"Checkpoint {path} cannot be read: {problem}.", [(path, problem)])
+    return header
+
+  def _unreadable(self, step: int, what: str, err: BaseException) -> UnreadableCheckpointError:
+    """The error for checkpoint `step`, whose `what` raised `err`; names any empty files in it."""
+    path = self._path(step)
+    reason = f"{what}: {_reason(err)}"
+    empty = _empty_files(path)
+    if empty:
+      reason += f" (empty files: {_listed(empty)})"
+    return UnreadableCheckpointError(f"Checkpoint {path} cannot be read: {reason}", [(path, reason)])
 
   def close(self) -> None:
     self._manager.close()
@@ -162,6 +328,105 @@ class Checkpointer:
 
   def __exit__(self, *exc: Any) -> None:
     self.close()
+
+
+def _folder(directory: Any, name: str, *, writable: bool = False) -> str:
+  """`directory` as an absolute path to a folder, created if missing.
+
+  Raises ValueError naming `name` when it is not a path, is a file, cannot be created or
+  (with `writable`) cannot be written: a temporary file is created in it to find out.
+  """
+  if not isinstance(directory, (str, os.PathLike)):
+    raise ValueError(f"{name} must be a folder path (str or os.PathLike), got {type(directory).__name__}.")
+  path = os.path.abspath(os.fspath(directory))
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise ValueError(f"{name} {path} is not a folder (a file of that name exists).")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as err:
+    raise ValueError(f"{name} {path} cannot be created: {err.strerror or err}.") from err
+  if writable:
+    try:
+      with tempfile.TemporaryFile(dir=path, prefix=".write-check-"):
+        pass
+    except OSError as err:
+      raise ValueError(f"{name} {path} is not writable: {err.strerror or err}.") from err
+  return path
+
+
+def _header_problem(header: Any) -> Optional[str]:
+  """None when `header` is the JSON `save` writes, else what is wrong with it."""
+  if not isinstance(header, dict):
+    return f"its record is a {type(header).__name__}, not the JSON object gradcore_jax writes"
+  for key, kind in (("signature", list), ("paths", list), ("key_impls", dict), ("record", dict)):
+    if not isinstance(header.get(key), kind):
+      return f"its record has no {key!r} {kind.__name__} (damaged, or not written by gradcore_jax)"
+  if len(header["signature"]) != len(header["paths"]):
+    return "its record lists different numbers of paths and signatures"
+  return None
+
+
+def _reason(err: BaseException) -> str:
+  """`Type: message` on one line, without tensorstore's JSON spec; a longer one than `_REASON_CHARS`
+  loses its middle (tensorstore's chain of contexts), keeping its start and its root cause."""
+  text = " ".join((str(err) or repr(err)).split(" [tensorstore_spec")[0].split())
+  if len(text) > _REASON_CHARS:
+    half = (_REASON_CHARS - 5) // 2
+    text = f"{text[:half]} ... {text[-half:]}"
+  return f"{type(err).__name__}: {text}"
+
+
+def _empty_files(path: str) -> list[str]:
+  """The files of 0 bytes under `path` (as relative paths)."""
+  empty = []
+  for root, _, files in os.walk(path):
+    for name in files:
+      full = os.path.join(root, name)
+      if os.path.isfile(full) and os.path.getsize(full) == 0:
+        empty.append(os.path.relpath(full, path))
+  return sorted(empty)
+
+
+def _passed_over(passed: list[Failure], directory: str, step: int) -> str:
+  listed = "".join(f"\n  {path}: {reason}" for path, reason in passed)
+  return (
+      f"Passed over {len(passed)} unreadable checkpoint(s) in {directory} and restored step {step}; "
+      f"nothing was deleted:{listed}"
+  )
+
+
+_QUIETED = False
+
+
+def _quiet_closed_loop_reports() -> None:
+  """From now on, drops the reports of a failed orbax operation's orphaned I/O (see the module docstring)."""
+  global _QUIETED
+  if _QUIETED:
+    return
+  previous = sys.unraisablehook
+
+  def hook(report: Any) -> None:
+    if not _is_closed_loop_report(report):
+      previous(report)
+
+  sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(_orphaned_tensorstore_error)
+  _QUIETED = True
+
+
+def _is_closed_loop_report(report: Any) -> bool:
+  """A callback of a failed orbax operation's tensorstore I/O, finding its event loop closed."""
+  error, trace = report.exc_value, report.exc_traceback
+  if report.object is not None or not isinstance(error, RuntimeError) or str(error) != "Event loop is closed":
+    return False
+  return trace is not None and trace.tb_frame.f_code.co_name == "call_soon_threadsafe"
+
+
+def _orphaned_tensorstore_error(record: logging.LogRecord) -> bool:
+  """False (drop) for asyncio's "... exception was never retrieved" about a tensorstore error."""
+  error = record.exc_info[1] if record.exc_info else None
+  orphaned = record.getMessage().startswith(("Future exception was never", "Task exception was never"))
+  return not (orphaned and error is not None and "tensorstore" in str(error))
 
 
 def _flatten(tree: PyTree) -> tuple[list[str], list[Any]]:

@@ -14,6 +14,7 @@ import json
 import math
 import pathlib
 import sys
+import tempfile
 import time
 from typing import Any, Optional, Sequence, TextIO
 
@@ -21,6 +22,7 @@ from gradcore_jax import experiments
 from gradcore_jax import optimizers
 
 DEFAULT_OUT = "gradcore-compare"
+_PLOT_FILES = ("compare_regression.png", "compare_digits.png")  # what plotting.save_comparison_plots writes
 _TASK_CHOICES = (*experiments.TASKS, "all")
 _DEFAULT_EPOCHS = {"regression": experiments.LineFitSetup.epochs, "digits": experiments.DigitsSetup.epochs}
 _DEFAULT_BATCH = {"regression": experiments.LineFitSetup.batch_size, "digits": experiments.DigitsSetup.batch_size}
@@ -157,7 +159,45 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.error(f"--lr names {', '.join(unused)}, which --optimizers does not include "
                  f"({','.join(args.optimizers)})")
   args.lr = dict(args.lr)
+  if not args.no_plot:
+    problem = output_folder_problem(args.out, _PLOT_FILES)
+    if problem:
+      parser.error(f"--out: {problem} (or pass --no-plot)")
   return args
+
+
+def output_folder_problem(folder: pathlib.Path, files: Sequence[str] = ()) -> Optional[str]:
+  """None when `folder` exists and takes new `files`, or can be created; else what is wrong.
+
+  Checked before any experiment runs, without creating anything: the folder must be a
+  folder (not a file), `files` in it must not be folders, and the folder (or the nearest
+  existing folder above it, when it must be created) must accept a new file, which is
+  found out by creating and deleting a temporary one.
+
+  Args:
+    folder: the output folder.
+    files: names of the files that will be written into it.
+  """
+  folder = pathlib.Path(folder)
+  if folder.exists() and not folder.is_dir():
+    return f"{folder} exists and is not a folder"
+  for name in files:
+    if (folder / name).is_dir():
+      return f"{folder / name} is a folder, where a plot is to be written"
+  existing = folder
+  while not existing.exists():
+    if existing.parent == existing:
+      break
+    existing = existing.parent
+  if not existing.is_dir():
+    return f"{existing} is a file, so {folder} cannot be created"
+  try:
+    with tempfile.TemporaryFile(dir=existing, prefix=".write-check-"):
+      pass
+  except OSError as err:
+    what = f"write into {folder}" if existing == folder else f"create {folder} in {existing}"
+    return f"cannot {what}: {err.strerror or err}"
+  return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -273,13 +313,18 @@ def compare(args: argparse.Namespace) -> int:
     digits = experiments.compare_digits(experiments.learning_rates("digits", args.optimizers, args.lr),
                                         digits_setup)
     _say(digits_report(digits) + "\n", report)
+  status = 0
   if not args.no_plot:
-    written = plotting.save_comparison_plots(args.out, line_fit, digits)
-    _say("Plots: " + ", ".join(str(path) for path in written), report)
+    try:
+      written = plotting.save_comparison_plots(args.out, line_fit, digits)
+      _say("Plots: " + ", ".join(str(path) for path in written), report)
+    except OSError as err:  # checked before the runs, but the disk can still fill up: keep the results
+      print(f"gradcore-jax: error: the plots could not be written to {args.out}: {err}", file=sys.stderr)
+      status = 1
   _say(f"Finished in {time.perf_counter() - started:.1f} s.", report)
   if args.json:
     print(json.dumps(experiments.summary(line_fit, digits), indent=2, allow_nan=False))
-  return 0
+  return status
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

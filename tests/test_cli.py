@@ -183,3 +183,39 @@ def test_summary_turns_non_finite_numbers_into_null():
   assert summary == {"tasks": {"digits": {"sgd": {"updates_to_threshold": None, "final_loss": None,
                                                   "test_accuracy": None}}}}
   json.dumps(summary, allow_nan=False)
+
+
+# --------------------------------------------------------------------------------------
+# Output paths are checked before any experiment runs; results survive a failed write.
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("a file", "exists and is not a folder"),
+        ("under a file", "is a file, so"),
+        ("a plot name taken by a folder", "compare_regression.png is a folder, where a plot is to be written"),
+    ],
+)
+def test_an_unusable_out_exits_2_before_running_anything(capsys, tmp_path, monkeypatch, kind, message):
+  monkeypatch.setattr(experiments, "compare_line_fit", lambda *a, **k: pytest.fail("ran before checking --out"))
+  (tmp_path / "file").write_text("x")
+  (tmp_path / "plots" / "compare_regression.png").mkdir(parents=True)
+  out = {"a file": tmp_path / "file", "under a file": tmp_path / "file" / "plots",
+         "a plot name taken by a folder": tmp_path / "plots"}[kind]
+  code, stdout, err = run(capsys, "compare", "--json", "--task", "regression", "--out", str(out))
+  assert code == 2 and stdout == ""
+  assert "--out: " in err and message in err and "(or pass --no-plot)" in err
+
+
+def test_results_are_printed_even_when_the_plots_cannot_be_written(capsys, tmp_path, monkeypatch):
+  from gradcore_jax import plotting  # pylint: disable=g-import-not-at-top
+
+  def full_disk(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(plotting, "save_comparison_plots", full_disk)
+  code, stdout, err = run(capsys, "compare", "--json", "--task", "regression", "--optimizers", "adam", "--epochs", "1",
+                          "--out", str(tmp_path))
+  assert code == 1 and "the plots could not be written" in err and "No space left" in err
+  assert list(json.loads(stdout)["tasks"]["regression"]) == ["adam"]

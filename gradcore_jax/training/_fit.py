@@ -18,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import time
+import warnings
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 import jax
@@ -26,13 +28,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from gradcore_jax import checkpoint as checkpoint_lib
 from gradcore_jax import metrics as metrics_lib
 from gradcore_jax._typing import PyTree
+from gradcore_jax.checkpoint import Checkpointer
+from gradcore_jax.checkpoint import UnreadableCheckpointWarning
 from gradcore_jax.data import DataLoader
 from gradcore_jax.data import _check_int
 from gradcore_jax.training import _progress
 from gradcore_jax.training._models import Adapted
+from gradcore_jax.training._models import _loaded_flax
 from gradcore_jax.training._models import adapt
+from gradcore_jax.training._models import copy_tree
 from gradcore_jax.training._placement import ParamSharding
 from gradcore_jax.training._placement import Placement
 from gradcore_jax.training._stats import TrainingStats
@@ -51,7 +58,8 @@ class NonFiniteLossError(FloatingPointError):
   Attributes: `step` (index into `batch_losses` over the whole run), `epoch`, `batch`
   (index within the epoch), `loss` (the batch loss) and `in_gradients` (True when the loss
   was finite but a gradient was not). The caller's model, params and optimizer state are
-  left as they were before `fit`, and no checkpoint is written after the step.
+  left as they were before `fit`, and no checkpoint is written after the step;
+  `partial_result` (set by `fit`) holds the state before it (see `fit`).
   """
 
   def __init__(self, loss: float, step: int, epoch: int, batch: int) -> None:
@@ -148,11 +156,17 @@ def fit(
       orbax-checkpoint): params, optimizer and model state, metric statistics, the
       position `(epoch, batch)` and the `TrainingStats`. Written at the end of every epoch,
       or every `checkpoint_every` steps, and at the end of `fit`. Without `resume`, the
-      folder must hold no checkpoint.
+      folder must hold no checkpoint. It is created if missing and must be writable: this
+      is checked before the first step (ValueError naming it).
     checkpoint_every: steps between checkpoints (counted over the run), or None.
     keep: how many checkpoints to keep in `checkpoint_dir` (the newest).
-    resume: continue from the latest checkpoint in `checkpoint_dir` (start afresh when it
-      has none). Call `fit` with the same arguments as the interrupted run: the
+    resume: continue from the newest checkpoint in `checkpoint_dir` that can be read
+      (start afresh when it has none). Newer ones that cannot be read (files empty, cut
+      short or missing, an empty step folder) are passed over with a warning naming each
+      folder and why, and renamed to `<step>.unreadable-<time>` (never deleted) so that
+      this run's checkpoints neither collide with them nor are counted against `keep`
+      because of them; when none can be read, `UnreadableCheckpointError` lists them all
+      and nothing is renamed. Call `fit` with the same arguments as the interrupted run: the
       checkpoint must come from the same `start_epoch` and an identical `train_loader`,
       and it must fit the model and optimizer (else ValueError /
       `CheckpointMismatchError` saying what differs). `epochs` may be larger, to extend
@@ -172,6 +186,30 @@ def fit(
   batch has the same shape. The caller's arrays are copied once, then donated, so the
   arguments stay valid and untouched if training stops with an error (e.g.
   `NonFiniteLossError`).
+
+  Progress survives a failure: when anything stops `fit` once training has begun (an
+  exception from a step, the loaders, an evaluation or a checkpoint write,
+  `NonFiniteLossError`, `KeyboardInterrupt`), the exception is re-raised with the
+  attribute `partial_result`: a `FitResult` of the last checked state, i.e. after the
+  last sync point whose steps were all found finite (so before a non-finite step), with
+  its `TrainingStats` up to that step. Steps after that sync point (at most
+  `log_interval`; with `compiled_epoch`, up to the next checkpoint or epoch end) are not
+  in it. The caller's arguments stay untouched: for an NNX module, `partial_result.model`
+  is a clone holding that state. Read it with `getattr(err, "partial_result", None)` in
+  an `except` clause (in IPython, from `sys.last_value` after an interrupted cell); it is
+  not set when `fit` fails before training (bad arguments, no usable checkpoint). To keep
+  that state, fit holds one extra copy of params, optimizer, model and metric states on
+  the device, refreshed at each sync point.
+
+  Raises:
+    ValueError: a bad argument (named), a model or loss that cannot run on the loaders'
+      batches, a `checkpoint_dir` that is a file or cannot be created or written (checked
+      before the first step), or a checkpoint of another run.
+    NonFiniteLossError: a non-finite loss or gradient with `on_nonfinite="raise"`.
+    gradcore_jax.checkpoint.CheckpointMismatchError: resuming into another model,
+      optimizer or metrics.
+    gradcore_jax.checkpoint.UnreadableCheckpointError: `resume=True` and no checkpoint in
+      `checkpoint_dir` can be read; it lists each one and why.
   """
   epochs = _check_int("epochs", epochs, minimum=0)
   start_epoch = _check_int("start_epoch", start_epoch, minimum=0)
@@ -210,11 +248,16 @@ def fit(
     )
     with loop:
       carry, position = loop.restore(carry, end_epoch=start_epoch + epochs)
-      _progress.say(_progress.header(train_loader, carry.params, carry.opt_state, epochs), progress)
-      for epoch in range(position.epoch, start_epoch + epochs):
-        with _progress.epoch_bar(epoch, start_epoch + epochs, len(train_loader), progress, done=position.batch) as bar:
-          carry, position = loop.epoch(carry, position, bar)
-      loop.save(carry, position, final=True)
+      loop.checked(carry)
+      try:
+        _progress.say(_progress.header(train_loader, carry.params, carry.opt_state, epochs), progress)
+        for epoch in range(position.epoch, start_epoch + epochs):
+          with _progress.epoch_bar(epoch, start_epoch + epochs, len(train_loader), progress, done=position.batch) as bar:
+            carry, position = loop.epoch(carry, position, bar)
+        loop.save(carry, position, final=True)
+      except BaseException as err:  # any failure, KeyboardInterrupt included, keeps the progress made
+        loop.attach_partial_result(err, _detached_rebuild(model, adapted))
+        raise
   stats = loop.stats
   trained = adapted.rebuild(carry.params, carry.opt_state, carry.model_state, stats.total_steps - stats.num_skipped_steps)
   return FitResult(trained, stats, carry.opt_state)
@@ -278,6 +321,8 @@ class _Loop:
   checkpoints: Any  # a gradcore_jax.checkpoint.Checkpointer, or None
   start_epoch: int
   stats: TrainingStats = dataclasses.field(default_factory=TrainingStats)
+  good: Optional[Carry] = None  # a copy of the last checked carry (the train steps donate the live one)
+  marks: dict[str, Any] = dataclasses.field(default_factory=dict)  # `stats` then: list lengths and counters
 
   def __enter__(self) -> "_Loop":
     return self
@@ -294,6 +339,7 @@ class _Loop:
     for stretch, sizes in self._stretches(position):
       carry, outputs = self._train(carry, stretch)
       self._record(outputs, sizes, position, bar)
+      self.checked(carry)
       if position.batch < len(self.loader) and self._due():
         self.save(carry, position)
     seconds = time.perf_counter() - started
@@ -307,6 +353,7 @@ class _Loop:
       stats.eval_metrics.append(_evaluate_loader(self.steps, self.placement, carry.params, carry.model_state, self.eval_loader))
       evaluation = {f"eval_{name}": value for name, value in stats.eval_metrics[-1].items()}
       _progress.show(bar, 0, {"loss": stats.epoch_losses[-1], **evaluation})
+    self.checked(carry, copy=False)  # the same carry as after the last stretch, now with the epoch's figures
     position = _Position(epoch=position.epoch + 1)
     if self.checkpoints is not None and (self.checkpoint_every is None or self._due()):
       self.save(carry, position)
@@ -379,12 +426,39 @@ class _Loop:
     }
     self.checkpoints.save(self.stats.total_steps, carry, record)
 
+  def checked(self, carry: Carry, *, copy: bool = True) -> None:
+    """Remembers `carry` (a copy, unless `copy=False` says `good` holds it already) and `stats` as checked."""
+    if copy:
+      self.good = copy_tree(carry)
+    self.marks = {name: len(value) if isinstance(value, list) else value for name, value in vars(self.stats).items()}
+
+  def attach_partial_result(self, err: BaseException, rebuild: Callable[..., Any]) -> None:
+    """Sets `err.partial_result` to the `FitResult` of the last checked state (see `fit`)."""
+    if self.good is None:
+      return
+    try:
+      stats = TrainingStats(**{
+          name: value[: self.marks[name]] if isinstance(value, list) else self.marks[name]
+          for name, value in vars(self.stats).items()
+      })
+      good = self.good
+      model = rebuild(good.params, good.opt_state, good.model_state, stats.total_steps - stats.num_skipped_steps)
+      err.partial_result = FitResult(model, stats, good.opt_state)
+      err.add_note(f"fit: the last checked state (after {stats.total_steps} steps) is in this error's .partial_result.")
+    except Exception as failure:  # pylint: disable=broad-except  (never hide the error that stopped fit)
+      err.add_note(f"fit: no partial_result: building it failed with {type(failure).__name__}: {failure}")
+
   def restore(self, carry: Carry, *, end_epoch: int) -> tuple[Carry, _Position]:
-    """The latest checkpoint's carry and position (and `stats`), or `carry` at the run's start."""
-    if self.checkpoints is None or self.checkpoints.latest_step() is None:
+    """The newest readable checkpoint's carry and position (and `stats`), or `carry` at the run's start.
+
+    Newer checkpoints that cannot be read are set aside (renamed, never deleted) with a
+    warning, once the one found is known to belong to this run.
+    """
+    checkpoints = self.checkpoints
+    if checkpoints is None or checkpoints.latest_step() is None:
       return carry, _Position(epoch=self.start_epoch)
-    carry, record = self.checkpoints.restore(like=carry)
-    where = f"The checkpoint in {self.checkpoints.directory}"
+    step, carry, record, unreadable = checkpoints.restore_newest(carry, check=_record_problem)
+    where = f"The checkpoint {checkpoints.directory}/{step}"
     if record["train_loader"] != repr(self.loader):
       raise ValueError(f"{where} was written with another train_loader: {record['train_loader']}, not {self.loader!r}.")
     position = _Position(**record["position"])
@@ -394,6 +468,18 @@ class _Loop:
           f"this call has start_epoch={self.start_epoch} and ends at epoch {end_epoch}."
       )
     self.stats = TrainingStats.from_dict(record["stats"])
+    if unreadable:
+      moved = "".join(
+          f"\n  {path}: {reason}\n    (renamed to {checkpoints.set_aside(int(os.path.basename(path)))})"
+          for path, reason in unreadable
+      )
+      warnings.warn(
+          UnreadableCheckpointWarning(
+              f"Resuming from step {step} in {checkpoints.directory}: {len(unreadable)} newer checkpoint(s) cannot be "
+              f"read. They were renamed, not deleted, so that this run's checkpoints do not collide with them:{moved}"
+          ),
+          stacklevel=3,
+      )
     return carry, position
 
 
@@ -412,11 +498,10 @@ def _place(placement: Placement, adapted: Adapted, steps: Steps) -> Carry:
 
 
 def _open_checkpoints(directory: Optional[str], keep: int, resume: bool) -> Any:
+  """The `Checkpointer` of `checkpoint_dir`, once the folder is known to be writable (None without one)."""
   if directory is None:
     return None
-  from gradcore_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top  (orbax is optional)
-
-  checkpoints = Checkpointer(directory, keep=keep)
+  checkpoints = Checkpointer(checkpoint_lib._folder(directory, "checkpoint_dir", writable=True), keep=keep)
   if not resume and checkpoints.steps():
     checkpoints.close()
     raise ValueError(
@@ -424,6 +509,33 @@ def _open_checkpoints(directory: Optional[str], keep: int, resume: bool) -> Any:
         "to continue that run, or choose an empty folder."
     )
   return checkpoints
+
+
+def _record_problem(record: dict[str, Any]) -> Optional[str]:
+  """None when `record` is one `_Loop.save` writes, else why a checkpoint with it cannot be resumed from."""
+  try:
+    _Position(**record["position"])
+    TrainingStats.from_dict(record["stats"])
+    if not isinstance(record["start_epoch"], int) or not isinstance(record["train_loader"], str):
+      raise TypeError("its start_epoch or train_loader has the wrong type")
+  except (KeyError, TypeError, ValueError) as err:
+    return f"its record is not one fit writes ({type(err).__name__}: {err})"
+  return None
+
+
+def _detached_rebuild(model: Any, adapted: Adapted) -> Callable[..., Any]:
+  """`adapted.rebuild`, but leaving the caller's objects as they were: an NNX module is cloned first."""
+  flax = _loaded_flax()
+  if flax is None or not isinstance(model, flax.nnx.Module):
+    return adapted.rebuild  # a function's params or a new TrainState: nothing of the caller's changes
+  clone = flax.nnx.clone(model)
+
+  def rebuild(params: PyTree, opt_state: PyTree, model_state: PyTree, steps: int) -> Any:
+    del opt_state, steps  # in `FitResult.opt_state`; the caller's nnx.Optimizer is not touched
+    flax.nnx.update(clone, params, model_state)
+    return clone
+
+  return rebuild
 
 
 def _evaluate_loader(steps: Steps, placement: Placement, params: PyTree, model_state: PyTree, loader: DataLoader) -> dict[str, Any]:
