@@ -42,6 +42,7 @@ from gradcore_jax.training._models import adapt
 from gradcore_jax.training._models import copy_tree
 from gradcore_jax.training._placement import ParamSharding
 from gradcore_jax.training._placement import Placement
+from gradcore_jax.training._plateau import PlateauDriver
 from gradcore_jax.training._stats import TrainingStats
 from gradcore_jax.training._steps import Carry
 from gradcore_jax.training._steps import LossFn
@@ -115,6 +116,8 @@ def fit(
     mesh: Optional[Mesh] = None,
     param_sharding: ParamSharding = None,
     data_axis: Union[None, str, tuple[str, ...]] = None,
+    lr_plateau: Any = None,
+    plateau_monitor: Optional[str] = None,
 ) -> FitResult:
   """Trains `model` for `epochs` epochs over `train_loader`; returns `FitResult(model, stats, opt_state)`.
 
@@ -180,6 +183,16 @@ def fit(
       callable `(path, param) -> PartitionSpec` (FSDP style). Optimizer-state leaves
       follow their params.
     data_axis: the mesh axis (or tuple of axes) the batch is split over; default all.
+    lr_plateau: a `gradcore_jax.schedules.reduce_lr_on_plateau(...)`: torch's
+      `ReduceLROnPlateau`, stepped after every epoch on `plateau_monitor`; its learning rate
+      is written into the optimizer's `optax.inject_hyperparams` `learning_rate` for the
+      next epoch (build the optimizer with `optax.inject_hyperparams`; exactly one injected
+      learning rate). Its state is rebuilt from the recorded figures, so a resumed run
+      continues with the same learning rate; a new `fit` call without `resume` starts a
+      fresh plateau, as a newly built torch scheduler would.
+    plateau_monitor: the figure `lr_plateau` watches: `"loss"` (the epoch's training
+      loss), `"eval_loss"`, `"eval_<metric>"` or a training metric's name; default
+      `"eval_loss"` with an `eval_loader`, else `"loss"`.
 
   Before the first step, the model, loss and metrics are traced on the loaders' batch
   shapes; a mismatch raises ValueError naming the loader. The step compiles once: every
@@ -228,6 +241,7 @@ def fit(
   adapted = adapt(model, optimizer, params=params, opt_state=opt_state)
   if adapted.tx is None:
     raise ValueError("optimizer is required to train: pass an Optax transformation (or an nnx.Optimizer).")
+  plateau = PlateauDriver.build(lr_plateau, plateau_monitor, eval_loader is not None, list(metrics or {}))
   with placement.context():
     steps = build_steps(adapted, loss, _check_metrics(metrics), options)
     carry = _place(placement, adapted, steps)
@@ -245,9 +259,13 @@ def fit(
         checkpoint_every=checkpoint_every,
         checkpoints=_open_checkpoints(checkpoint_dir, keep, resume),
         start_epoch=start_epoch,
+        plateau=plateau,
     )
     with loop:
       carry, position = loop.restore(carry, end_epoch=start_epoch + epochs)
+      if plateau is not None:
+        plateau.check_optimizer(carry.opt_state)
+        carry = carry._replace(opt_state=plateau.apply(carry.opt_state, loop.stats))
       loop.checked(carry)
       try:
         _progress.say(_progress.header(train_loader, carry.params, carry.opt_state, epochs), progress)
@@ -320,6 +338,7 @@ class _Loop:
   checkpoint_every: Optional[int]
   checkpoints: Any  # a gradcore_jax.checkpoint.Checkpointer, or None
   start_epoch: int
+  plateau: Optional[PlateauDriver] = None
   stats: TrainingStats = dataclasses.field(default_factory=TrainingStats)
   good: Optional[Carry] = None  # a copy of the last checked carry (the train steps donate the live one)
   marks: dict[str, Any] = dataclasses.field(default_factory=dict)  # `stats` then: list lengths and counters
@@ -353,7 +372,9 @@ class _Loop:
       stats.eval_metrics.append(_evaluate_loader(self.steps, self.placement, carry.params, carry.model_state, self.eval_loader))
       evaluation = {f"eval_{name}": value for name, value in stats.eval_metrics[-1].items()}
       _progress.show(bar, 0, {"loss": stats.epoch_losses[-1], **evaluation})
-    self.checked(carry, copy=False)  # the same carry as after the last stretch, now with the epoch's figures
+    if self.plateau is not None:  # torch: scheduler.step(metric) after the epoch, lr for the next one
+      carry = carry._replace(opt_state=self.plateau.apply(carry.opt_state, stats))
+    self.checked(carry, copy=self.plateau is not None)  # the carry after the last stretch, with the epoch's figures
     position = _Position(epoch=position.epoch + 1)
     if self.checkpoints is not None and (self.checkpoint_every is None or self._due()):
       self.save(carry, position)
