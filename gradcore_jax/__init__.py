@@ -12,20 +12,22 @@ Modules: `optimizers`, `transforms` (their building blocks, torch's gradient cli
 (`Checkpointer`, needs the `checkpoint` extra: orbax is imported on first use).
 """
 
+from gradcore_jax import averaging
 from gradcore_jax import checkpoint
 from gradcore_jax import data
 from gradcore_jax import losses
 from gradcore_jax import metrics
 from gradcore_jax import optimizers
 from gradcore_jax import schedules
+from gradcore_jax import torch_state
 from gradcore_jax import training
 from gradcore_jax import transforms
 from gradcore_jax.data import Batch
 from gradcore_jax.data import DataLoader
 from gradcore_jax.memory import StateMemory
+from gradcore_jax.memory import state_memory
 from gradcore_jax.multi_tensor import MultiTensorState
 from gradcore_jax.multi_tensor import multi_tensor
-from gradcore_jax.memory import state_memory
 from gradcore_jax.optimizers import adadelta
 from gradcore_jax.optimizers import adafactor
 from gradcore_jax.optimizers import adagrad
@@ -43,7 +45,7 @@ from gradcore_jax.optimizers import sgd_ema
 from gradcore_jax.param_groups import decay_label
 from gradcore_jax.param_groups import no_decay_groups
 from gradcore_jax.param_groups import param_groups
-from gradcore_jax import torch_state
+from gradcore_jax.precision import with_state_dtype
 from gradcore_jax.torch_state import from_torch_state_dict
 from gradcore_jax.torch_state import to_torch_state_dict
 from gradcore_jax.training import FitResult
@@ -55,43 +57,45 @@ from gradcore_jax.training import fit
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch",
-    "DataLoader",
-    "FitResult",
-    "MultiTensorState",
-    "NonFiniteLossError",
-    "StateMemory",
-    "TrainingStats",
-    "adadelta",
-    "adafactor",
-    "adagrad",
-    "adam",
-    "adamax",
-    "adamw",
-    "asgd",
-    "checkpoint",
-    "data",
-    "decay_label",
-    "evaluate",
-    "fit",
-    "from_torch_state_dict",
-    "losses",
-    "metrics",
-    "multi_tensor",
-    "muon",
-    "nadam",
-    "no_decay_groups",
-    "optimizers",
-    "param_groups",
-    "radam",
-    "rmsprop",
-    "rprop",
-    "schedules",
-    "sgd",
-    "sgd_ema",
-    "state_memory",
-    "to_torch_state_dict",
-    "torch_state",
-    "training",
-    "transforms",
+  "Batch",
+  "DataLoader",
+  "FitResult",
+  "MultiTensorState",
+  "NonFiniteLossError",
+  "StateMemory",
+  "TrainingStats",
+  "adadelta",
+  "adafactor",
+  "adagrad",
+  "adam",
+  "adamax",
+  "adamw",
+  "asgd",
+  "averaging",
+  "checkpoint",
+  "data",
+  "decay_label",
+  "evaluate",
+  "fit",
+  "from_torch_state_dict",
+  "losses",
+  "metrics",
+  "multi_tensor",
+  "muon",
+  "nadam",
+  "no_decay_groups",
+  "optimizers",
+  "param_groups",
+  "radam",
+  "rmsprop",
+  "rprop",
+  "schedules",
+  "sgd",
+  "sgd_ema",
+  "state_memory",
+  "to_torch_state_dict",
+  "torch_state",
+  "training",
+  "transforms",
+  "with_state_dtype",
 ]

@@ -10,11 +10,11 @@ broadcast every update, and the params, to a new shape.
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -49,8 +49,8 @@ def concrete_value(name: str, value: Any) -> Any:
   if isinstance(value, (np.ndarray, np.generic, jax.Array)):
     if np.ndim(value) != 0:
       raise ValueError(
-          f"{name} must be a scalar, got an array of shape {np.shape(value)}: it would broadcast the updates "
-          "(and the params) to a new shape. Pass a 0-d array (e.g. `x.reshape(())`) or a number."
+        f"{name} must be a scalar, got an array of shape {np.shape(value)}: it would broadcast the updates "
+        "(and the params) to a new shape. Pass a 0-d array (e.g. `x.reshape(())`) or a number."
       )
     if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
       raise TypeError(f"{name} must be a real number, got an array of dtype {value.dtype}.")
@@ -111,24 +111,26 @@ def check_tree_matches(updates: Any, reference: Any, *, what: str) -> None:
       parts.append(f"{what} has {missing[0] or '<root>'} with no gradient")
     raise ValueError(f"The gradient tree does not match {what}: " + "; ".join(parts) + ".")
   raise ValueError(
-      f"The gradient tree does not match {what}: same paths, different container types "
-      f"({jax.tree.structure(updates, is_leaf=_is_none)} vs {jax.tree.structure(reference, is_leaf=_is_none)})."
+    f"The gradient tree does not match {what}: same paths, different container types "
+    f"({jax.tree.structure(updates, is_leaf=_is_none)} vs {jax.tree.structure(reference, is_leaf=_is_none)})."
   )
 
 
 def _check_leaf_shapes(updates: Any, reference: Any, what: str) -> None:
   """Same tree structure: a gradient leaf shaped unlike its reference leaf would broadcast silently."""
-  pairs = list(zip(jax.tree.leaves(updates, is_leaf=_is_none), jax.tree.leaves(reference, is_leaf=_is_none)))
+  pairs = list(
+    zip(jax.tree.leaves(updates, is_leaf=_is_none), jax.tree.leaves(reference, is_leaf=_is_none), strict=True)
+  )
   if all(g is None or r is None or np.shape(g) == np.shape(r) for g, r in pairs):
     return
   path, g, r = next(
-      (path, g, r)
-      for path, (g, r) in zip(_leaf_paths(updates), pairs)
-      if g is not None and r is not None and np.shape(g) != np.shape(r)
+    (path, g, r)
+    for path, (g, r) in zip(_leaf_paths(updates), pairs, strict=True)
+    if g is not None and r is not None and np.shape(g) != np.shape(r)
   )
   raise ValueError(
-      f"The gradient tree does not match {what}: the gradient at {path or '<root>'} has shape "
-      f"{np.shape(g)}, but the leaf of {what} there has shape {np.shape(r)}."
+    f"The gradient tree does not match {what}: the gradient at {path or '<root>'} has shape "
+    f"{np.shape(g)}, but the leaf of {what} there has shape {np.shape(r)}."
   )
 
 
@@ -145,9 +147,9 @@ def check_real_floating(tree: Any, *, what: str) -> None:
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     if not _is_real_floating(leaf):
       raise TypeError(
-          f"The {what} at {jax.tree_util.keystr(path) or '<root>'} has dtype {_dtype(leaf)}; the optimizers "
-          "need real floating-point leaves (float16, bfloat16, float32 or float64). Cast the leaf, or keep "
-          "it out of the optimizer with `optax.masked` or `optax.partition`."
+        f"The {what} at {jax.tree_util.keystr(path) or '<root>'} has dtype {_dtype(leaf)}; the optimizers "
+        "need real floating-point leaves (float16, bfloat16, float32 or float64). Cast the leaf, or keep "
+        "it out of the optimizer with `optax.masked` or `optax.partition`."
       )
 
 

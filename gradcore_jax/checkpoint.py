@@ -49,7 +49,9 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any
+from typing import Callable
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -59,11 +61,11 @@ from gradcore_jax._typing import PyTree
 from gradcore_jax.data import _check_int
 
 __all__ = [
-    "CheckpointMismatchError",
-    "Checkpointer",
-    "NonFiniteStateError",
-    "UnreadableCheckpointError",
-    "UnreadableCheckpointWarning",
+  "CheckpointMismatchError",
+  "Checkpointer",
+  "NonFiniteStateError",
+  "UnreadableCheckpointError",
+  "UnreadableCheckpointWarning",
 ]
 
 _LISTED = 8  # differences named in an error message before "... and N more"
@@ -117,10 +119,10 @@ class Checkpointer:
     _quiet_closed_loop_reports()
     directory = _folder(directory, "directory")
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=_check_int("keep", keep, minimum=1),
-        create=True,
-        cleanup_tmp_directories=True,
-        enable_async_checkpointing=False,
+      max_to_keep=_check_int("keep", keep, minimum=1),
+      create=True,
+      cleanup_tmp_directories=True,
+      enable_async_checkpointing=False,
     )
     self._manager = ocp.CheckpointManager(directory, options=options)
 
@@ -150,23 +152,25 @@ class Checkpointer:
     bad = _non_finite(paths, leaves)
     if bad:
       raise NonFiniteStateError(
-          f"Refusing to save a checkpoint at step {step}: non-finite values in {_listed(bad)}. "
-          "A checkpoint must be a state training can continue from."
+        f"Refusing to save a checkpoint at step {step}: non-finite values in {_listed(bad)}. "
+        "A checkpoint must be a state training can continue from."
       )
     stored = {str(i): jax.random.key_data(leaf) if _is_key(leaf) else leaf for i, leaf in enumerate(leaves)}
     header = {
-        "signature": [_describe(leaf) for leaf in leaves],
-        "paths": paths,
-        "key_impls": {str(i): str(jax.random.key_impl(leaf)) for i, leaf in enumerate(leaves) if _is_key(leaf)},
-        "record": record or {},
+      "signature": [_describe(leaf) for leaf in leaves],
+      "paths": paths,
+      "key_impls": {str(i): str(jax.random.key_impl(leaf)) for i, leaf in enumerate(leaves) if _is_key(leaf)},
+      "record": record or {},
     }
     ocp = self._ocp
     saved = self._manager.save(
-        step, args=ocp.args.Composite(arrays=ocp.args.StandardSave(stored), record=ocp.args.JsonSave(header))
+      step, args=ocp.args.Composite(arrays=ocp.args.StandardSave(stored), record=ocp.args.JsonSave(header))
     )
     self._manager.wait_until_finished()
     if not saved:
-      raise RuntimeError(f"orbax declined to save step {step} in {self.directory} (its latest is {self.latest_step()}).")
+      raise RuntimeError(
+        f"orbax declined to save step {step} in {self.directory} (its latest is {self.latest_step()})."
+      )
 
   def restore(self, like: PyTree, step: Optional[int] = None) -> tuple[PyTree, dict[str, Any]]:
     """`(state, record)` of checkpoint `step` (default: the newest that restores), in the structure of `like`.
@@ -192,7 +196,7 @@ class Checkpointer:
     return state, record
 
   def restore_newest(
-      self, like: PyTree, check: Optional[Callable[[dict[str, Any]], Optional[str]]] = None
+    self, like: PyTree, check: Optional[Callable[[dict[str, Any]], Optional[str]]] = None
   ) -> tuple[int, PyTree, dict[str, Any], list[Failure]]:
     """The newest checkpoint that restores, as `(step, state, record, passed_over)`; no warning.
 
@@ -225,7 +229,7 @@ class Checkpointer:
       raise FileNotFoundError(f"No complete checkpoint in {self.directory}.")
     listed = "".join(f"\n  {path}: {reason}" for path, reason in passed)
     raise UnreadableCheckpointError(
-        f"None of the {len(passed)} checkpoints in {self.directory} can be read (nothing was deleted):{listed}", passed
+      f"None of the {len(passed)} checkpoints in {self.directory} can be read (nothing was deleted):{listed}", passed
     )
 
   def record(self, step: Optional[int] = None) -> dict[str, Any]:
@@ -283,7 +287,10 @@ class Checkpointer:
     except Exception as err:  # pylint: disable=broad-except  (orbax and tensorstore raise many kinds)
       raise self._unreadable(step, "its arrays", err) from err
     impls = header["key_impls"]
-    restored = [jax.random.wrap_key_data(arrays[i], impl=impls[i]) if i in impls else arrays[i] for i in map(str, range(len(leaves)))]
+    restored = [
+      jax.random.wrap_key_data(arrays[i], impl=impls[i]) if i in impls else arrays[i]
+      for i in map(str, range(len(leaves)))
+    ]
     bad = _non_finite(paths, restored)
     if bad:
       reason = f"non-finite values in {_listed(bad)} (save writes finite states only: the data changed since)"
@@ -390,8 +397,8 @@ def _empty_files(path: str) -> list[str]:
 def _passed_over(passed: list[Failure], directory: str, step: int) -> str:
   listed = "".join(f"\n  {path}: {reason}" for path, reason in passed)
   return (
-      f"Passed over {len(passed)} unreadable checkpoint(s) in {directory} and restored step {step}; "
-      f"nothing was deleted:{listed}"
+    f"Passed over {len(passed)} unreadable checkpoint(s) in {directory} and restored step {step}; "
+    f"nothing was deleted:{listed}"
   )
 
 
@@ -445,9 +452,13 @@ def _describe(leaf: Any) -> str:
 
 def _non_finite(paths: list[str], leaves: list[Any]) -> list[str]:
   """The paths of the inexact leaves that hold a NaN or an infinity (one transfer)."""
-  inexact = [(path, leaf) for path, leaf in zip(paths, leaves) if not _is_key(leaf) and jnp.issubdtype(leaf.dtype, jnp.inexact)]
+  inexact = [
+    (path, leaf)
+    for path, leaf in zip(paths, leaves, strict=True)
+    if not _is_key(leaf) and jnp.issubdtype(leaf.dtype, jnp.inexact)
+  ]
   finite = jax.device_get(_all_finite([leaf for _, leaf in inexact]))
-  return [path for (path, _), ok in zip(inexact, finite) if not ok]
+  return [path for (path, _), ok in zip(inexact, finite, strict=True) if not ok]
 
 
 @jax.jit
@@ -456,21 +467,21 @@ def _all_finite(leaves: list[Any]) -> list[jax.Array]:
 
 
 def _check_matches(header: dict[str, Any], paths: list[str], leaves: list[Any], where: str) -> None:
-  saved = dict(zip(header["paths"], header["signature"]))
-  wanted = {path: _describe(leaf) for path, leaf in zip(paths, leaves)}
+  saved = dict(zip(header["paths"], header["signature"], strict=True))  # same lengths (`_header_problem`)
+  wanted = {path: _describe(leaf) for path, leaf in zip(paths, leaves, strict=True)}
   only_saved = [f"{p} {s}" for p, s in saved.items() if p not in wanted]
   only_wanted = [f"{p} {s}" for p, s in wanted.items() if p not in saved]
   changed = [f"{p}: checkpoint {saved[p]}, here {s}" for p, s in wanted.items() if p in saved and saved[p] != s]
   if only_saved or only_wanted or changed:
     parts = [
-        f"{title}: {_listed(items)}"
-        for title, items in (("only in the checkpoint", only_saved), ("only here", only_wanted), ("different", changed))
-        if items
+      f"{title}: {_listed(items)}"
+      for title, items in (("only in the checkpoint", only_saved), ("only here", only_wanted), ("different", changed))
+      if items
     ]
     raise CheckpointMismatchError(
-        f"The checkpoint {where} does not fit the state restored into (another model, optimizer or metrics?). "
-        + "; ".join(parts)
-        + "."
+      f"The checkpoint {where} does not fit the state restored into (another model, optimizer or metrics?). "
+      + "; ".join(parts)
+      + "."
     )
 
 

@@ -16,7 +16,10 @@ import pathlib
 import sys
 import tempfile
 import time
-from typing import Any, Optional, Sequence, TextIO
+from typing import Any
+from typing import Optional
+from typing import Sequence
+from typing import TextIO
 
 from gradcore_jax import experiments
 from gradcore_jax import optimizers
@@ -90,58 +93,91 @@ def _learning_rate(text: str) -> tuple[str, float]:
 def _lr_table() -> str:
   """The default learning rates of every optimizer, for --help."""
   rows = [
-      f"  {name:9s}{experiments.default_learning_rate('regression', name):>10g}"
-      f"{experiments.default_learning_rate('digits', name):>9g}"
-      for name in optimizers.names()
+    f"  {name:9s}{experiments.default_learning_rate('regression', name):>10g}"
+    f"{experiments.default_learning_rate('digits', name):>9g}"
+    for name in optimizers.names()
   ]
-  return "\n".join([
-      "default learning rates:", "  optimizer  line fit   digits", *rows, "",
+  return "\n".join(
+    [
+      "default learning rates:",
+      "  optimizer  line fit   digits",
+      *rows,
+      "",
       "line fit: one rate, 0.1, for all (Adadelta: 1, its own default): the slope must travel from 0 to 30",
       "  in 1,000 updates, and 0.1 is safe for SGD on the intercept. digits: each optimizer's library default",
       "  (PyTorch's), and 0.1 for SGD, which has no PyTorch default.",
-  ])
+    ]
+  )
 
 
 def build_parser() -> argparse.ArgumentParser:
   """The `gradcore-jax` argument parser (subcommand `compare`)."""
   parser = argparse.ArgumentParser(
-      prog="gradcore-jax",
-      description="gradcore_jax: PyTorch-exact optimizers for JAX. `compare` reruns the SGD / momentum / "
-      "RMSprop / Adam article's experiments with this library.",
+    prog="gradcore-jax",
+    description="gradcore_jax: PyTorch-exact optimizers for JAX. `compare` reruns the SGD / momentum / "
+    "RMSprop / Adam article's experiments with this library.",
   )
   commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
   compare = commands.add_parser(
-      "compare",
-      help="run the article's line fit and digits comparison; print tables, write PNG plots",
-      description="Reruns the article's two experiments on embedded data (about 20-30 s on 2 CPU cores):\n"
-      "  regression: fit y = 30x + 2 + noise by per-example updates; prints the recovered m and b.\n"
-      "  digits: a linear layer 64->10 on scikit-learn's 8x8 digits with MSE on one-hot targets;\n"
-      "          prints updates to reach a loss threshold, final loss and test accuracy.",
-      epilog=_lr_table(),
-      formatter_class=argparse.RawDescriptionHelpFormatter,
+    "compare",
+    help="run the article's line fit and digits comparison; print tables, write PNG plots",
+    description="Reruns the article's two experiments on embedded data (about 20-30 s on 2 CPU cores):\n"
+    "  regression: fit y = 30x + 2 + noise by per-example updates; prints the recovered m and b.\n"
+    "  digits: a linear layer 64->10 on scikit-learn's 8x8 digits with MSE on one-hot targets;\n"
+    "          prints updates to reach a loss threshold, final loss and test accuracy.",
+    epilog=_lr_table(),
+    formatter_class=argparse.RawDescriptionHelpFormatter,
   )
-  compare.add_argument("--task", choices=_TASK_CHOICES, default="all",
-                       help="which experiment to run (default: all)")
-  compare.add_argument("--optimizers", type=optimizer_list, default=experiments.DEFAULT_OPTIMIZERS,
-                       metavar="LIST",
-                       help="comma-separated optimizer names, any of: " + ", ".join(optimizers.names())
-                       + f" (default: {','.join(experiments.DEFAULT_OPTIMIZERS)})")
-  compare.add_argument("--epochs", type=positive_int, metavar="N",
-                       help="epochs for every task run (default: {regression} for regression, "
-                       "{digits} for digits)".format(**_DEFAULT_EPOCHS))
-  compare.add_argument("--batch-size", type=positive_int, metavar="N",
-                       help="examples per update for every task run (default: {regression} for regression, "
-                       "i.e. per-example updates as in the article; {digits} for digits)".format(**_DEFAULT_BATCH))
-  compare.add_argument("--lr", type=_learning_rate, action="append", default=[], metavar="NAME=VALUE",
-                       help="learning rate of optimizer NAME for every task run, e.g. --lr adam=0.01; "
-                       "repeatable (defaults: see below)")
-  compare.add_argument("--seed", type=_non_negative_int, default=0, metavar="N",
-                       help="seed of the data, the train/test split, the initial weights and the shuffling "
-                       "(default: 0)")
-  compare.add_argument("--out", type=pathlib.Path, default=pathlib.Path(DEFAULT_OUT), metavar="DIR",
-                       help=f"directory for the PNG plots (default: ./{DEFAULT_OUT}/)")
-  compare.add_argument("--json", action="store_true",
-                       help="print only a JSON summary on stdout (the tables go to stderr)")
+  compare.add_argument("--task", choices=_TASK_CHOICES, default="all", help="which experiment to run (default: all)")
+  compare.add_argument(
+    "--optimizers",
+    type=optimizer_list,
+    default=experiments.DEFAULT_OPTIMIZERS,
+    metavar="LIST",
+    help="comma-separated optimizer names, any of: "
+    + ", ".join(optimizers.names())
+    + f" (default: {','.join(experiments.DEFAULT_OPTIMIZERS)})",
+  )
+  compare.add_argument(
+    "--epochs",
+    type=positive_int,
+    metavar="N",
+    help="epochs for every task run (default: {regression} for regression, {digits} for digits)".format(
+      **_DEFAULT_EPOCHS
+    ),
+  )
+  compare.add_argument(
+    "--batch-size",
+    type=positive_int,
+    metavar="N",
+    help="examples per update for every task run (default: {regression} for regression, "
+    "i.e. per-example updates as in the article; {digits} for digits)".format(**_DEFAULT_BATCH),
+  )
+  compare.add_argument(
+    "--lr",
+    type=_learning_rate,
+    action="append",
+    default=[],
+    metavar="NAME=VALUE",
+    help="learning rate of optimizer NAME for every task run, e.g. --lr adam=0.01; repeatable (defaults: see below)",
+  )
+  compare.add_argument(
+    "--seed",
+    type=_non_negative_int,
+    default=0,
+    metavar="N",
+    help="seed of the data, the train/test split, the initial weights and the shuffling (default: 0)",
+  )
+  compare.add_argument(
+    "--out",
+    type=pathlib.Path,
+    default=pathlib.Path(DEFAULT_OUT),
+    metavar="DIR",
+    help=f"directory for the PNG plots (default: ./{DEFAULT_OUT}/)",
+  )
+  compare.add_argument(
+    "--json", action="store_true", help="print only a JSON summary on stdout (the tables go to stderr)"
+  )
   compare.add_argument("--no-plot", action="store_true", help="write no plots (matplotlib is not needed)")
   return parser
 
@@ -156,8 +192,7 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.error(f"--lr: learning rate given twice for {', '.join(repeated)}")
   unused = [name for name in given if name not in args.optimizers]
   if unused:
-    parser.error(f"--lr names {', '.join(unused)}, which --optimizers does not include "
-                 f"({','.join(args.optimizers)})")
+    parser.error(f"--lr names {', '.join(unused)}, which --optimizers does not include ({','.join(args.optimizers)})")
   args.lr = dict(args.lr)
   if not args.no_plot:
     problem = output_folder_problem(args.out, _PLOT_FILES)
@@ -210,7 +245,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, text_
 
   def line(cells: Sequence[str]) -> str:
     return "  ".join(
-        f"{c:<{w}}" if i < text_columns else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths))
+      f"{c:<{w}}" if i < text_columns else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths, strict=True))
     ).rstrip()
 
   return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(row) for row in rows)])
@@ -224,12 +259,13 @@ def line_fit_report(comparison: experiments.LineFitComparison) -> str:
   """The line fit's setup, its table (m, b, final loss per optimizer) and how to read it."""
   s = comparison.setup
   rows = [
-      [name, f"{r.learning_rate:g}", _fixed(r.m, 2), _fixed(r.b, 2), _fixed(r.final_loss, 3)]
-      for name, r in comparison.results.items()
+    [name, f"{r.learning_rate:g}", _fixed(r.m, 2), _fixed(r.b, 2), _fixed(r.final_loss, 3)]
+    for name, r in comparison.results.items()
   ]
-  rows.append(["(true)", "", f"{s.slope:.2f}", f"{s.intercept:.2f}", f"~{s.noise ** 2:.3f}"])
+  rows.append(["(true)", "", f"{s.slope:.2f}", f"{s.intercept:.2f}", f"~{s.noise**2:.3f}"])
   updates = "per-example updates" if s.batch_size == 1 else f"batches of {s.batch_size}"
-  return "\n".join([
+  return "\n".join(
+    [
       f"Line fit: y = {s.slope:g}*x + {s.intercept:g} + noise (sd {s.noise:g}), {s.num_points} points, "
       f"x uniform in [-{s.x_range:g}, {s.x_range:g}]; start m = b = 0",
       f"{s.epochs} epochs of {updates} = {s.updates} updates per optimizer",
@@ -239,7 +275,8 @@ def line_fit_report(comparison: experiments.LineFitComparison) -> str:
       "- final loss: mean squared error over all points with the final m, b (the noise alone gives ~sd^2).",
       "- SGD steps by lr x gradient; the slope's gradient 2*x*error is small where x is, so m crawls.",
       "- RMSprop and Adam divide each parameter's gradient by its own running RMS and move ~lr per update.",
-  ])
+    ]
+  )
 
 
 def digits_report(comparison: experiments.DigitsComparison) -> str:
@@ -253,7 +290,8 @@ def digits_report(comparison: experiments.DigitsComparison) -> str:
       continue
     reached = str(r.updates_to_threshold) if r.updates_to_threshold is not None else "not reached"
     rows.append([name, f"{r.learning_rate:g}", reached, _fixed(r.final_loss, 4), f"{100 * r.test_accuracy:.1f} %"])
-  return "\n".join([
+  return "\n".join(
+    [
       f"Digits: scikit-learn's 8x8 digits, pixels scaled to [0, 1], {100 * s.test_fraction:g} % held out for testing",
       f"linear layer 64->10, MSE loss on one-hot targets, batch {s.batch_size}, {s.epochs} epochs = "
       f"{comparison.updates} updates per optimizer",
@@ -263,7 +301,8 @@ def digits_report(comparison: experiments.DigitsComparison) -> str:
       f"- updates to loss <= {s.loss_threshold:g}: updates (one per batch) until the mean loss of the last "
       f"{s.smoothing} batches first was <= {s.loss_threshold:g}.",
       "- final loss: MSE over the whole training set with the final weights.",
-  ])
+    ]
+  )
 
 
 # ---------------------------------------------------------------------------------------
@@ -300,21 +339,20 @@ def compare(args: argparse.Namespace) -> int:
   report = sys.stderr if args.json else sys.stdout
   line_setup, digits_setup = _setups(args)
   line_fit = digits = None
-  if not args.no_plot:
-    plotting = _plotting()
+  plotting = None if args.no_plot else _plotting()
   overrides = ", ".join(f"{name}={lr:g}" for name, lr in args.lr.items())
   rates = f"the defaults, except {overrides} (--lr)" if overrides else "the defaults (see --help; change with --lr)"
   _say(f"gradcore-jax compare, seed {args.seed}; learning rates: {rates}.\n", report)
   if line_setup is not None:
-    line_fit = experiments.compare_line_fit(experiments.learning_rates("regression", args.optimizers, args.lr),
-                                            line_setup)
+    line_fit = experiments.compare_line_fit(
+      experiments.learning_rates("regression", args.optimizers, args.lr), line_setup
+    )
     _say(line_fit_report(line_fit) + "\n", report)
   if digits_setup is not None:
-    digits = experiments.compare_digits(experiments.learning_rates("digits", args.optimizers, args.lr),
-                                        digits_setup)
+    digits = experiments.compare_digits(experiments.learning_rates("digits", args.optimizers, args.lr), digits_setup)
     _say(digits_report(digits) + "\n", report)
   status = 0
-  if not args.no_plot:
+  if plotting is not None:
     try:
       written = plotting.save_comparison_plots(args.out, line_fit, digits)
       _say("Plots: " + ", ".join(str(path) for path in written), report)

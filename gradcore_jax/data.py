@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Iterator, NamedTuple
+from typing import Any
+from typing import Iterator
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -60,13 +62,13 @@ class DataLoader:
   """
 
   def __init__(
-      self,
-      data: PyTree,
-      *,
-      batch_size: int,
-      shuffle: bool = False,
-      seed: int = 0,
-      drop_last: bool = False,
+    self,
+    data: PyTree,
+    *,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    drop_last: bool = False,
   ) -> None:
     self._leaves, self._treedef = _as_example_arrays(data)
     self._num_examples = self._leaves[0].shape[0]
@@ -77,8 +79,8 @@ class DataLoader:
     self._next_epoch = 0
     if len(self) == 0:
       raise ValueError(
-          f"batch_size={batch_size} with drop_last=True leaves no batch: the dataset has only "
-          f"{self._num_examples} examples."
+        f"batch_size={batch_size} with drop_last=True leaves no batch: the dataset has only "
+        f"{self._num_examples} examples."
       )
 
   @property
@@ -113,8 +115,8 @@ class DataLoader:
 
   def __repr__(self) -> str:
     return (
-        f"DataLoader(num_examples={self._num_examples}, batch_size={self._batch_size}, "
-        f"shuffle={self._shuffle}, seed={self._seed}, drop_last={self._drop_last})"
+      f"DataLoader(num_examples={self._num_examples}, batch_size={self._batch_size}, "
+      f"shuffle={self._shuffle}, seed={self._seed}, drop_last={self._drop_last})"
     )
 
   @property
@@ -122,7 +124,8 @@ class DataLoader:
     """The shape of every batch: a `Batch` of `jax.ShapeDtypeStruct`s, for `jax.eval_shape`."""
     data = [jax.ShapeDtypeStruct((self._batch_size,) + leaf.shape[1:], leaf.dtype) for leaf in self._leaves]
     mask = jax.ShapeDtypeStruct((self._batch_size,), np.bool_)
-    return Batch(jax.tree.unflatten(self._treedef, data), mask, self._batch_size)
+    # A Batch of shape structs, as `jax.eval_shape` would return it, not of arrays:
+    return Batch(jax.tree.unflatten(self._treedef, data), mask, self._batch_size)  # pyright: ignore[reportArgumentType]
 
   def order(self, epoch: int) -> np.ndarray:
     """The example indices of epoch `epoch`, in visiting order (all examples, before `drop_last`)."""
@@ -156,7 +159,7 @@ class DataLoader:
   def _unstack(self, stacked: Batch) -> Iterator[Batch]:
     leaves = jax.tree.leaves(stacked.data)
     sizes = stacked.mask.sum(axis=1).tolist()
-    for i, (mask, size) in enumerate(zip(stacked.mask, sizes)):
+    for i, (mask, size) in enumerate(zip(stacked.mask, sizes, strict=True)):
       yield Batch(jax.tree.unflatten(self._treedef, [leaf[i] for leaf in leaves]), mask, size)
 
   def _epoch_index(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:

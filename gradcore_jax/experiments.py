@@ -23,9 +23,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import itertools
 import math
 import numbers
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from typing import Any
+from typing import Mapping
+from typing import NamedTuple
+from typing import Optional
+from typing import Sequence
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +41,7 @@ import optax
 from gradcore_jax import losses
 from gradcore_jax import optimizers
 from gradcore_jax._typing import Array
+from gradcore_jax._typing import ArrayLike
 from gradcore_jax._typing import PyTree
 from gradcore_jax.data import DataLoader
 from gradcore_jax.data import _check_int
@@ -61,8 +68,8 @@ def _library_default(name: str) -> float:
 # except SGD, for which PyTorch has no default (the library's 1e-3 is a placeholder): 0.1,
 # the usual starting point for SGD on inputs scaled to [0, 1].
 DIGITS_LEARNING_RATES: Mapping[str, float] = {name: _library_default(name) for name in optimizers.names()} | {
-    "sgd": 0.1,
-    "sgd_ema": 0.1,
+  "sgd": 0.1,
+  "sgd_ema": 0.1,
 }
 
 _LEARNING_RATES = {"regression": LINE_FIT_LEARNING_RATES, "digits": DIGITS_LEARNING_RATES}
@@ -77,7 +84,7 @@ def default_learning_rate(task: str, name: str) -> float:
 
 
 def learning_rates(
-    task: str, names: Sequence[str], overrides: Optional[Mapping[str, float]] = None
+  task: str, names: Sequence[str], overrides: Optional[Mapping[str, float]] = None
 ) -> dict[str, float]:
   """`{name: lr}` for `names` on `task`: the defaults, replaced by `overrides` where given."""
   overrides = dict(overrides or {})
@@ -119,18 +126,20 @@ def init_mlp(rng: np.random.Generator, sizes: Sequence[int]) -> list[dict[str, n
   if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
     raise ValueError(f"sizes must list at least two positive layer widths, got {tuple(sizes)}.")
   layers = []
-  for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+  for fan_in, fan_out in itertools.pairwise(sizes):
     bound = 1.0 / math.sqrt(fan_in)
-    layers.append({
+    layers.append(
+      {
         "w": rng.uniform(-bound, bound, (fan_in, fan_out)).astype(np.float32),
         "b": rng.uniform(-bound, bound, fan_out).astype(np.float32),
-    })
+      }
+    )
   return layers
 
 
-def mlp(params: Sequence[Mapping[str, Array]], inputs: Array) -> Array:
+def mlp(params: Sequence[Mapping[str, Array]], inputs: ArrayLike) -> Array:
   """The network of `init_mlp`: dense layers with ReLU between them (none after the last)."""
-  hidden = inputs
+  hidden = jnp.asarray(inputs)
   for layer in params[:-1]:
     hidden = jax.nn.relu(hidden @ layer["w"] + layer["b"])
   return hidden @ params[-1]["w"] + params[-1]["b"]
@@ -244,17 +253,17 @@ def line_batches(x: np.ndarray, y: np.ndarray, setup: LineFitSetup) -> LineBatch
   loader = DataLoader((x, y), batch_size=setup.batch_size, shuffle=True, seed=setup.seed)
   epochs = [loader.stacked(epoch) for epoch in range(setup.epochs)]
   return LineBatches(
-      np.concatenate([e.data[0] for e in epochs]),
-      np.concatenate([e.data[1] for e in epochs]),
-      np.concatenate([e.mask for e in epochs]),
+    np.concatenate([e.data[0] for e in epochs]),
+    np.concatenate([e.data[1] for e in epochs]),
+    np.concatenate([e.mask for e in epochs]),
   )
 
 
-def _line(params: dict[str, Array], x: Array) -> Array:
+def _line(params: dict[str, Array], x: ArrayLike) -> Array:
   return params["m"] * x + params["b"]
 
 
-def _line_loss(params: dict[str, Array], x: Array, y: Array, mask: Optional[Array] = None) -> Array:
+def _line_loss(params: dict[str, Array], x: ArrayLike, y: ArrayLike, mask: Optional[Array] = None) -> Array:
   return losses.mse(_line(params, x), y, mask=mask)
 
 
@@ -267,28 +276,26 @@ def _scan_line_fit(optimizer: optax.GradientTransformation, batches: LineBatches
     params, opt_state = carry
     loss, grads = jax.value_and_grad(_line_loss)(params, batch.x, batch.y, batch.mask)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+    params = cast(dict[str, Array], optax.apply_updates(params, updates))  # optax types it as any ArrayTree
     return (params, opt_state), (loss, jnp.stack([params["m"], params["b"]]))
 
   _, (batch_losses, path) = jax.lax.scan(step, (params, optimizer.init(params)), batches)
   return batch_losses, path
 
 
-def fit_line(
-    name: str, learning_rate: float, x: np.ndarray, y: np.ndarray, setup: LineFitSetup
-) -> LineFitResult:
+def fit_line(name: str, learning_rate: float, x: np.ndarray, y: np.ndarray, setup: LineFitSetup) -> LineFitResult:
   """Fits `y ≈ m·x + b` from `m = b = 0` with optimizer `name` as `setup` says."""
   batch_losses, path = jax.device_get(_scan_line_fit(make_optimizer(name, learning_rate), line_batches(x, y, setup)))
   m, b = (float(v) for v in path[-1])
   final = {"m": jnp.float32(m), "b": jnp.float32(b)}
   return LineFitResult(
-      optimizer=name,
-      learning_rate=learning_rate,
-      m=m,
-      b=b,
-      final_loss=float(_line_loss(final, x, y)),
-      batch_losses=np.asarray(batch_losses),
-      path=np.concatenate([np.zeros((1, 2), np.float32), path]),
+    optimizer=name,
+    learning_rate=learning_rate,
+    m=m,
+    b=b,
+    final_loss=float(_line_loss(final, x, y)),
+    batch_losses=np.asarray(batch_losses),
+    path=np.concatenate([np.zeros((1, 2), np.float32), path]),
   )
 
 
@@ -319,7 +326,7 @@ def _require_sklearn() -> Any:
     import sklearn.model_selection  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError as err:
     raise ImportError(
-        "The experiments' data sets come from scikit-learn: pip install 'gradcore-jax[examples]'."
+      "The experiments' data sets come from scikit-learn: pip install 'gradcore-jax[examples]'."
     ) from err
   return sklearn
 
@@ -327,7 +334,7 @@ def _require_sklearn() -> Any:
 def _split(x: np.ndarray, y: np.ndarray, *, seed: int, test_fraction: float, stratify: bool) -> Split:
   sklearn = _require_sklearn()
   parts = sklearn.model_selection.train_test_split(
-      x, y, test_size=test_fraction, random_state=seed, stratify=y if stratify else None
+    x, y, test_size=test_fraction, random_state=seed, stratify=y if stratify else None
   )
   return Split(*(parts[i] for i in (0, 2, 1, 3)))
 
@@ -349,14 +356,15 @@ def diabetes_data(seed: int = 0, test_fraction: float = 0.2) -> Split:
   mean and standard deviation, so losses are in units of one standard deviation.
   """
   data = _require_sklearn().datasets.load_diabetes()
-  split = _split(data.data.astype(np.float32), data.target.astype(np.float32), seed=seed,
-                 test_fraction=test_fraction, stratify=False)
+  split = _split(
+    data.data.astype(np.float32), data.target.astype(np.float32), seed=seed, test_fraction=test_fraction, stratify=False
+  )
   mean, std = split.y_train.mean(), split.y_train.std()
   return split._replace(y_train=(split.y_train - mean) / std, y_test=(split.y_test - mean) / std)
 
 
 def one_hot_mse(
-    y_pred: Array, y_true: Array, *, reduction: str = "mean", mask: Optional[Array] = None
+  y_pred: Array, y_true: ArrayLike, *, reduction: losses.Reduction = "mean", mask: Optional[Array] = None
 ) -> Array:
   """The article's classifier loss: MSE between the outputs and the one-hot encoding of integer labels.
 
@@ -432,21 +440,33 @@ def train_digits(name: str, learning_rate: float, data: Split, setup: DigitsSetu
   loader = DataLoader((data.x_train, data.y_train), batch_size=setup.batch_size, shuffle=True, seed=setup.seed)
   try:
     params, stats = fit(
-        mlp, make_optimizer(name, learning_rate), params=params, loss=one_hot_mse,
-        train_loader=loader, epochs=setup.epochs, progress=False,
+      mlp,
+      make_optimizer(name, learning_rate),
+      params=params,
+      loss=one_hot_mse,
+      train_loader=loader,
+      epochs=setup.epochs,
+      progress=False,
     )
   except NonFiniteLossError as err:
-    return DigitsResult(name, learning_rate, batch_losses=np.zeros(0), updates_to_threshold=None,
-                        final_loss=math.nan, test_accuracy=math.nan, diverged_at=err.step)
+    return DigitsResult(
+      name,
+      learning_rate,
+      batch_losses=np.zeros(0),
+      updates_to_threshold=None,
+      final_loss=math.nan,
+      test_accuracy=math.nan,
+      diverged_at=err.step,
+    )
   final_loss, test_accuracy = _final_figures(params, data)
   batch_losses = np.asarray(stats.batch_losses)
   return DigitsResult(
-      optimizer=name,
-      learning_rate=learning_rate,
-      batch_losses=batch_losses,
-      updates_to_threshold=updates_to_threshold(batch_losses, setup.loss_threshold, setup.smoothing),
-      final_loss=float(final_loss),
-      test_accuracy=float(test_accuracy),
+    optimizer=name,
+    learning_rate=learning_rate,
+    batch_losses=batch_losses,
+    updates_to_threshold=updates_to_threshold(batch_losses, setup.loss_threshold, setup.smoothing),
+    final_loss=float(final_loss),
+    test_accuracy=float(test_accuracy),
   )
 
 
@@ -467,9 +487,7 @@ def _number(value: float) -> Optional[float]:
   return float(value) if math.isfinite(value) else None
 
 
-def summary(
-    line_fit: Optional[LineFitComparison] = None, digits: Optional[DigitsComparison] = None
-) -> dict[str, Any]:
+def summary(line_fit: Optional[LineFitComparison] = None, digits: Optional[DigitsComparison] = None) -> dict[str, Any]:
   """The results as `{"tasks": {"regression": {...}, "digits": {...}}}` (the tasks that ran).
 
   regression: `{optimizer: {"m", "b", "final_loss"}}`; digits: `{optimizer:
@@ -479,16 +497,16 @@ def summary(
   tasks: dict[str, Any] = {}
   if line_fit is not None:
     tasks["regression"] = {
-        name: {"m": _number(r.m), "b": _number(r.b), "final_loss": _number(r.final_loss)}
-        for name, r in line_fit.results.items()
+      name: {"m": _number(r.m), "b": _number(r.b), "final_loss": _number(r.final_loss)}
+      for name, r in line_fit.results.items()
     }
   if digits is not None:
     tasks["digits"] = {
-        name: {
-            "updates_to_threshold": r.updates_to_threshold,
-            "final_loss": _number(r.final_loss),
-            "test_accuracy": _number(r.test_accuracy),
-        }
-        for name, r in digits.results.items()
+      name: {
+        "updates_to_threshold": r.updates_to_threshold,
+        "final_loss": _number(r.final_loss),
+        "test_accuracy": _number(r.test_accuracy),
+      }
+      for name, r in digits.results.items()
     }
   return {"tasks": tasks}

@@ -11,19 +11,20 @@ from __future__ import annotations
 import gzip
 import os
 import pathlib
-from typing import NamedTuple, Union
+from typing import NamedTuple
+from typing import Union
 
 import numpy as np
 
 PathLike = Union[str, os.PathLike]
 
 _TYPES: dict[int, np.dtype] = {
-    0x08: np.dtype(np.uint8),
-    0x09: np.dtype(np.int8),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
+  0x08: np.dtype(np.uint8),
+  0x09: np.dtype(np.int8),
+  0x0B: np.dtype(">i2"),
+  0x0C: np.dtype(">i4"),
+  0x0D: np.dtype(">f4"),
+  0x0E: np.dtype(">f8"),
 }
 _CODES = {dtype.newbyteorder("="): code for code, dtype in _TYPES.items()}
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -38,8 +39,9 @@ def parse_idx(content: bytes, *, name: str = "IDX data") -> np.ndarray:
     raise ValueError(f"{name} is not an IDX file: it must start with two zero bytes, got {content[:4]!r}.")
   code, ndim = content[2], content[3]
   if code not in _TYPES:
-    raise ValueError(f"{name} has the unknown IDX type code 0x{code:02X}; known: "
-                     + ", ".join(f"0x{c:02X}" for c in _TYPES) + ".")
+    raise ValueError(
+      f"{name} has the unknown IDX type code 0x{code:02X}; known: " + ", ".join(f"0x{c:02X}" for c in _TYPES) + "."
+    )
   header = 4 + 4 * ndim
   if len(content) < header:
     raise ValueError(f"{name} is truncated: its header needs {header} bytes, the file has {len(content)}.")
@@ -68,8 +70,10 @@ def write_idx(path: PathLike, array: np.ndarray) -> None:
   array = np.asarray(array)
   dtype = array.dtype.newbyteorder("=")
   if dtype not in _CODES or array.ndim == 0:
-    raise ValueError(f"IDX holds 1-D or larger arrays of {', '.join(t.name for t in _TYPES.values())}; "
-                     f"got {array.ndim}-D {array.dtype}.")
+    raise ValueError(
+      f"IDX holds 1-D or larger arrays of {', '.join(t.name for t in _TYPES.values())}; "
+      f"got {array.ndim}-D {array.dtype}."
+    )
   code = _CODES[dtype]
   header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
   content = header + np.ascontiguousarray(array, _TYPES[code]).tobytes()
@@ -89,10 +93,10 @@ class MnistData(NamedTuple):
 # The file stems as distributed (`train-images-idx3-ubyte`) and as often renamed
 # (`train-images.idx3-ubyte`); each may also end in `.gz`.
 MNIST_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
+  "train_images": "train-images-idx3-ubyte",
+  "train_labels": "train-labels-idx1-ubyte",
+  "test_images": "t10k-images-idx3-ubyte",
+  "test_labels": "t10k-labels-idx1-ubyte",
 }
 
 
@@ -108,8 +112,8 @@ def find_mnist_file(data_dir: PathLike, stem: str) -> pathlib.Path:
     if (data_dir / candidate).is_file():
       return data_dir / candidate
   raise FileNotFoundError(
-      f"No {stem} in {data_dir} (looked for {', '.join(_candidates(stem))}). The MNIST IDX files are: "
-      f"{', '.join(f'{s}[.gz]' for s in MNIST_FILES.values())}."
+    f"No {stem} in {data_dir} (looked for {', '.join(_candidates(stem))}). The MNIST IDX files are: "
+    f"{', '.join(f'{s}[.gz]' for s in MNIST_FILES.values())}."
   )
 
 
@@ -126,7 +130,7 @@ def load_mnist(data_dir: PathLike) -> MnistData:
     images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
       raise ValueError(
-          f"The {split} files of {data_dir} do not pair up: images must be (n, rows, cols) and labels (n,), "
-          f"got {images.shape} and {labels.shape}."
+        f"The {split} files of {data_dir} do not pair up: images must be (n, rows, cols) and labels (n,), "
+        f"got {images.shape} and {labels.shape}."
       )
   return MnistData(**arrays)

@@ -33,7 +33,11 @@ the loss is evaluated, so NaN targets in padding cannot reach the gradient eithe
 from __future__ import annotations
 
 import functools
-from typing import Callable, Literal, Optional, TypedDict, Unpack
+from typing import Callable
+from typing import Literal
+from typing import Optional
+from typing import TypedDict
+from typing import Unpack
 
 import jax
 import jax.numpy as jnp
@@ -42,18 +46,18 @@ import optax
 from gradcore_jax._typing import Array
 
 __all__ = [
-    "LossOptions",
-    "Reduction",
-    "bce",
-    "bce_with_logits",
-    "cross_entropy",
-    "hinge",
-    "huber",
-    "kl_div",
-    "l1",
-    "mae",
-    "mse",
-    "nll",
+  "LossOptions",
+  "Reduction",
+  "bce",
+  "bce_with_logits",
+  "cross_entropy",
+  "hinge",
+  "huber",
+  "kl_div",
+  "l1",
+  "mae",
+  "mse",
+  "nll",
 ]
 
 Reduction = Literal["mean", "sum", "none"]
@@ -72,6 +76,7 @@ class LossOptions(TypedDict, total=False):
   sample_weight: Optional[ArrayLike]
   mask: Optional[ArrayLike]
 
+
 _REDUCTIONS = ("mean", "sum", "none")
 # torch.nn.functional.binary_cross_entropy clamps each log term at -100 so that p in {0, 1}
 # gives a finite loss; we keep the same clamp to match its values.
@@ -88,13 +93,13 @@ def _check_shapes(y_pred: Array, y_true: Array, labels: bool) -> None:
   if labels:
     if y_pred.ndim < 2 or y_true.shape != y_pred.shape[:-1]:
       raise ValueError(
-          "With integer labels y_pred must be (batch, ..., classes) and y_true (batch, ...): "
-          f"got y_pred {y_pred.shape} and y_true {y_true.shape}."
+        "With integer labels y_pred must be (batch, ..., classes) and y_true (batch, ...): "
+        f"got y_pred {y_pred.shape} and y_true {y_true.shape}."
       )
   elif y_pred.ndim < 1 or y_true.shape != y_pred.shape:
     raise ValueError(
-        "y_pred and y_true must have the same shape with a leading batch axis: "
-        f"got y_pred {y_pred.shape} and y_true {y_true.shape}."
+      "y_pred and y_true must have the same shape with a leading batch axis: "
+      f"got y_pred {y_pred.shape} and y_true {y_true.shape}."
     )
 
 
@@ -114,10 +119,10 @@ def _rows(keep: Array, like: Array) -> Array:
 
 
 def _reduce(
-    per_example: Array,
-    reduction: Reduction,
-    sample_weight: Optional[Array],
-    keep: Optional[Array],
+  per_example: Array,
+  reduction: Reduction,
+  sample_weight: Optional[Array],
+  keep: Optional[Array],
 ) -> Array:
   """The one reduction rule: weights, masks and mean/sum/none for every loss."""
   weight = jnp.ones_like(per_example) if sample_weight is None else sample_weight.astype(per_example.dtype)
@@ -136,14 +141,14 @@ def _reduce(
 
 
 def _loss(
-    pointwise: Callable[[Array, Array], Array],
-    y_pred: ArrayLike,
-    y_true: ArrayLike,
-    *,
-    reduction: Reduction = "mean",
-    sample_weight: Optional[ArrayLike] = None,
-    mask: Optional[ArrayLike] = None,
-    labels: bool = False,
+  pointwise: Callable[[Array, Array], Array],
+  y_pred: ArrayLike,
+  y_true: ArrayLike,
+  *,
+  reduction: Reduction = "mean",
+  sample_weight: Optional[ArrayLike] = None,
+  mask: Optional[ArrayLike] = None,
+  labels: bool = False,
 ) -> Array:
   """Validates, evaluates `pointwise`, averages it per example and reduces.
 
@@ -261,9 +266,7 @@ def nll(y_pred: ArrayLike, y_true: ArrayLike, **options: Unpack[LossOptions]) ->
   return _loss(_negative_log_likelihood, y_pred, y_true, labels=True, **options)
 
 
-def kl_div(
-    y_pred: ArrayLike, y_true: ArrayLike, *, log_target: bool = False, **options: Unpack[LossOptions]
-) -> Array:
+def kl_div(y_pred: ArrayLike, y_true: ArrayLike, *, log_target: bool = False, **options: Unpack[LossOptions]) -> Array:
   """Kullback-Leibler divergence KL(y_true || exp(y_pred)), summed over the last (class) axis.
 
   `l = sum_c t_c (log t_c - y_pred_c)` with `y_pred` log-probabilities and `y_true` = t

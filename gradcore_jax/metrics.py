@@ -32,7 +32,11 @@ take `(y_pred, y_true)`, as PyTorch and Optax do).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Any
+from typing import Callable
+from typing import Mapping
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -42,16 +46,16 @@ from jax import lax
 from gradcore_jax._typing import Array
 
 __all__ = [
-    "CompensatedSum",
-    "MeanState",
-    "Metric",
-    "accuracy",
-    "collection",
-    "mean",
-    "mean_absolute_error",
-    "mean_squared_error",
-    "psum",
-    "root_mean_squared_error",
+  "CompensatedSum",
+  "MeanState",
+  "Metric",
+  "accuracy",
+  "collection",
+  "mean",
+  "mean_absolute_error",
+  "mean_squared_error",
+  "psum",
+  "root_mean_squared_error",
 ]
 
 ArrayLike = jax.typing.ArrayLike
@@ -76,7 +80,8 @@ class MeanState(NamedTuple):
 
   total: CompensatedSum  # Σ w·v over unmasked slots
   weight: CompensatedSum  # Σ w over unmasked slots
-  count: Array  # int32: number of unmasked values (exact beyond 2**24; wraps past 2**31)
+  # int32: number of unmasked values (exact beyond 2**24; wraps past 2**31); shadows tuple.count, as optax's states do
+  count: Array  # pyright: ignore[reportIncompatibleMethodOverride]
 
 
 class Metric(NamedTuple):
@@ -133,26 +138,28 @@ def _ratio(state: MeanState) -> Array:
 def _broadcast_from_batch(name: str, x: ArrayLike, shape: tuple[int, ...]) -> Array:
   """Broadcasts `x` to `shape`, aligning leading axes (Keras' rule for sample weights)."""
   x = jnp.asarray(x)
-  fits = x.ndim <= len(shape) and all(d in (1, s) for d, s in zip(x.shape, shape))
+  fits = x.ndim <= len(shape) and all(
+    d in (1, s) for d, s in zip(x.shape, shape, strict=False)
+  )  # x may have fewer axes
   if not fits:
     raise ValueError(
-        f"{name} of shape {x.shape} does not broadcast to the value shape {shape} "
-        "(it is aligned with the leading, batch axis)."
+      f"{name} of shape {x.shape} does not broadcast to the value shape {shape} "
+      "(it is aligned with the leading, batch axis)."
     )
   return jnp.broadcast_to(x.reshape(x.shape + (1,) * (len(shape) - x.ndim)), shape)
 
 
 def _accumulate(
-    state: MeanState,
-    values: Array,
-    sample_weight: Optional[ArrayLike],
-    mask: Optional[ArrayLike],
+  state: MeanState,
+  values: Array,
+  sample_weight: Optional[ArrayLike],
+  mask: Optional[ArrayLike],
 ) -> MeanState:
   """Adds per-example `values` with their weights to `state`; masked slots add nothing."""
   if values.ndim == 0 and sample_weight is None:
     raise ValueError(
-        "A 0-d value is a batch mean: pass sample_weight=<number of examples in the batch> "
-        "so that it counts for the examples it stands for (or pass the per-example values)."
+      "A 0-d value is a batch mean: pass sample_weight=<number of examples in the batch> "
+      "so that it counts for the examples it stands for (or pass the per-example values)."
     )
   values = values.astype(_DTYPE)
   weight = jnp.ones(values.shape, _DTYPE)
@@ -170,10 +177,10 @@ def _mean_metric(values_of: Callable[..., Array], finish: Callable[[Array], Arra
   """A weighted-mean metric over the per-example values `values_of(*inputs)`."""
 
   def update(
-      state: MeanState,
-      *inputs: ArrayLike,
-      sample_weight: Optional[ArrayLike] = None,
-      mask: Optional[ArrayLike] = None,
+    state: MeanState,
+    *inputs: ArrayLike,
+    sample_weight: Optional[ArrayLike] = None,
+    mask: Optional[ArrayLike] = None,
   ) -> MeanState:
     return _accumulate(state, values_of(*inputs), sample_weight, mask)
 
@@ -218,9 +225,9 @@ def _correct(y_true: ArrayLike, y_pred: ArrayLike) -> Array:
     predicted = jnp.argmax(y_pred, axis=-1)
   else:
     raise ValueError(
-        "accuracy needs y_pred of shape y_true.shape + (classes,) (logits or probabilities) or "
-        f"y_true.shape / y_true.shape + (1,) (binary probabilities); got y_true {y_true.shape} "
-        f"and y_pred {y_pred.shape}."
+      "accuracy needs y_pred of shape y_true.shape + (classes,) (logits or probabilities) or "
+      f"y_true.shape / y_true.shape + (1,) (binary probabilities); got y_true {y_true.shape} "
+      f"and y_pred {y_pred.shape}."
     )
   return (predicted == y_true).astype(_DTYPE)
 
@@ -280,14 +287,12 @@ def collection(metrics: Mapping[str, Metric]) -> Metric:
     return {name: m.init() for name, m in metrics.items()}
 
   def update(
-      state: Mapping[str, Any],
-      *inputs: ArrayLike,
-      sample_weight: Optional[ArrayLike] = None,
-      mask: Optional[ArrayLike] = None,
+    state: Mapping[str, Any],
+    *inputs: ArrayLike,
+    sample_weight: Optional[ArrayLike] = None,
+    mask: Optional[ArrayLike] = None,
   ) -> dict[str, Any]:
-    return {
-        name: m.update(state[name], *inputs, sample_weight=sample_weight, mask=mask) for name, m in metrics.items()
-    }
+    return {name: m.update(state[name], *inputs, sample_weight=sample_weight, mask=mask) for name, m in metrics.items()}
 
   def merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     return {name: m.merge(a[name], b[name]) for name, m in metrics.items()}

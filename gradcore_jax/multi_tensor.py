@@ -58,7 +58,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Hashable, NamedTuple, Optional
+from typing import Any
+from typing import Hashable
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -66,7 +69,8 @@ import numpy as np
 import optax
 
 from gradcore_jax import transforms
-from gradcore_jax._typing import Array, PyTree
+from gradcore_jax._typing import Array
+from gradcore_jax._typing import PyTree
 
 __all__ = ["DEFAULT_MAX_LEAF_SIZE", "MultiTensorState", "multi_tensor"]
 
@@ -78,11 +82,11 @@ compile time beyond."""
 
 # States of blocks whose rule depends on each leaf's shape or reduces over whole leaves.
 _LEAF_SHAPED_STATES: dict[type, str] = {
-    transforms.ScaleByAdafactorState: (
-        "gcj.adafactor (transforms.scale_by_adafactor): it factors each leaf's second moment over the "
-        "leaf's last two axes and scales each leaf's step by that leaf's RMS"
-    ),
-    transforms.ScaleByMuonState: "gcj.muon (transforms.scale_by_muon): it orthogonalises each leaf as a matrix",
+  transforms.ScaleByAdafactorState: (
+    "gcj.adafactor (transforms.scale_by_adafactor): it factors each leaf's second moment over the "
+    "leaf's last two axes and scales each leaf's step by that leaf's RMS"
+  ),
+  transforms.ScaleByMuonState: "gcj.muon (transforms.scale_by_muon): it orthogonalises each leaf as a matrix",
 }
 
 
@@ -92,8 +96,8 @@ def _refuse_leaf_shaped(state: Any) -> None:
   for node in jax.tree.leaves(state, is_leaf=lambda node: isinstance(node, kinds)):
     if isinstance(node, kinds):
       raise ValueError(
-          f"multi_tensor cannot wrap {_LEAF_SHAPED_STATES[type(node)]}: packing leaves into flat buffers "
-          "would change the result. Use that optimizer without multi_tensor."
+        f"multi_tensor cannot wrap {_LEAF_SHAPED_STATES[type(node)]}: packing leaves into flat buffers "
+        "would change the result. Use that optimizer without multi_tensor."
       )
 
 
@@ -127,15 +131,15 @@ class _Layout:
     flats = tuple(_concatenate([leaves[i] for i in group.indices], group.size) for group in self.groups)
     return flats, tuple(leaves[i] for i in self.large)
 
-  def unpack(self, packed: tuple[tuple[Any, ...], tuple[Any, ...]], offsets: tuple[tuple[Array, ...], ...]) -> PyTree:
-    """The inverse of `pack`, slicing each buffer at the runtime `offsets`."""
+  def unpack(self, packed: PyTree, offsets: tuple[tuple[Array, ...], ...]) -> PyTree:
+    """The inverse of `pack` (`packed`: a tree shaped as `pack` returns), slicing buffers at the runtime `offsets`."""
     flats, large = packed
     leaves: list[Any] = [None] * self.size
-    for group, flat, starts in zip(self.groups, flats, offsets):
-      for index, shape, start in zip(group.indices, group.shapes, starts):
+    for group, flat, starts in zip(self.groups, flats, offsets, strict=True):
+      for index, shape, start in zip(group.indices, group.shapes, starts, strict=True):
         part = jax.lax.dynamic_slice(flat, (start,), (math.prod(shape),), allow_negative_indices=False)
         leaves[index] = jax.lax.reshape(part, shape)
-    for index, leaf in zip(self.large, large):
+    for index, leaf in zip(self.large, large, strict=True):
       leaves[index] = leaf
     return jax.tree.unflatten(self.treedef, leaves)
 
@@ -205,9 +209,9 @@ def _none_hint(updates: PyTree) -> str:
   for path, leaf in jax.tree_util.tree_flatten_with_path(updates, is_leaf=_is_none)[0]:
     if leaf is None:
       return (
-          f" The gradient at {jax.tree_util.keystr(path) or '<root>'} is None: packed leaves share one "
-          "buffer and one update, so a small leaf cannot be skipped; freeze leaves with optax.masked "
-          "or optax.multi_transform around multi_tensor(tx) instead."
+        f" The gradient at {jax.tree_util.keystr(path) or '<root>'} is None: packed leaves share one "
+        "buffer and one update, so a small leaf cannot be skipped; freeze leaves with optax.masked "
+        "or optax.multi_transform around multi_tensor(tx) instead."
       )
   return ""
 
@@ -216,20 +220,20 @@ def _check_layouts(grads: _Layout, params: Optional[_Layout], offsets: tuple, up
   """The gradients must pack as the params (when given) and as the state was initialized."""
   if params is not None and params != grads:
     raise ValueError(
-        "multi_tensor: the gradients and the params pack differently; they must have the same tree, "
-        "shapes and dtypes." + _none_hint(updates)
+      "multi_tensor: the gradients and the params pack differently; they must have the same tree, "
+      "shapes and dtypes." + _none_hint(updates)
     )
   state_sizes = [len(group) for group in offsets]
   if state_sizes != grads.group_sizes():
     raise ValueError(
-        f"multi_tensor: the gradients pack into groups of {grads.group_sizes()} leaves, but the state "
-        f"was initialized for groups of {state_sizes}; gradients must have the params' tree, shapes "
-        "and dtypes." + _none_hint(updates)
+      f"multi_tensor: the gradients pack into groups of {grads.group_sizes()} leaves, but the state "
+      f"was initialized for groups of {state_sizes}; gradients must have the params' tree, shapes "
+      "and dtypes." + _none_hint(updates)
     )
 
 
 def multi_tensor(
-    tx: optax.GradientTransformation, *, max_leaf_size: int = DEFAULT_MAX_LEAF_SIZE
+  tx: optax.GradientTransformation, *, max_leaf_size: int = DEFAULT_MAX_LEAF_SIZE
 ) -> optax.GradientTransformationExtraArgs:
   """Wraps an elementwise `tx` so that its small leaves are updated as a few flat buffers.
 
@@ -253,13 +257,17 @@ def multi_tensor(
     return MultiTensorState(inner=tx.init(layout.pack(leaves)), offsets=_offset_arrays(layout))
 
   def update_fn(
-      updates: PyTree, state: MultiTensorState, params: PyTree = None, **extra_args: Any
+    updates: PyTree, state: optax.OptState, params: PyTree = None, **extra_args: Any
   ) -> tuple[PyTree, MultiTensorState]:
+    if not isinstance(state, MultiTensorState):
+      raise TypeError(
+        f"multi_tensor: state must be the MultiTensorState that init returned, got {type(state).__name__}."
+      )
     _refuse_leaf_shaped(state.inner)
     layout, grads = _layout(updates, max_leaf_size)
     param_layout, param_leaves = (None, None) if params is None else _layout(params, max_leaf_size)
     _check_layouts(layout, param_layout, state.offsets, updates)
-    packed_params = None if params is None else layout.pack(param_leaves)
+    packed_params = None if param_leaves is None else layout.pack(param_leaves)
     packed_updates, inner = tx.update(layout.pack(grads), state.inner, packed_params, **extra_args)
     return layout.unpack(packed_updates, state.offsets), MultiTensorState(inner=inner, offsets=state.offsets)
 

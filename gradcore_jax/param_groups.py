@@ -23,7 +23,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import weakref
-from typing import Any, Callable, Hashable, Mapping, Optional, Union
+from typing import Any
+from typing import Callable
+from typing import Hashable
+from typing import Mapping
+from typing import Optional
+from typing import Union
 
 import jax
 import numpy as np
@@ -89,10 +94,10 @@ def groups_spec(tx: optax.GradientTransformation) -> Optional[GroupsSpec]:
 
 
 def param_groups(
-    factory: Callable[..., optax.GradientTransformation],
-    labels: Labels,
-    groups: Mapping[Hashable, Mapping[str, Any]],
-    **defaults: Any,
+  factory: Callable[..., optax.GradientTransformation],
+  labels: Labels,
+  groups: Mapping[Hashable, Mapping[str, Any]],
+  **defaults: Any,
 ) -> GradientTransformation:
   """One optimizer with torch-style parameter groups, on `optax.partition`.
 
@@ -144,8 +149,8 @@ def param_groups(
   for keyword in defaults:
     if not accepts(keyword):
       raise TypeError(
-          f"param_groups: {_name(factory)}() has no argument {keyword!r} (given as a default for every group); "
-          f"its arguments are: {_argument_names(factory)}."
+        f"param_groups: {_name(factory)}() has no argument {keyword!r} (given as a default for every group); "
+        f"its arguments are: {_argument_names(factory)}."
       )
   full: dict[Hashable, dict[str, Any]] = {}
   for name, overrides in groups.items():
@@ -154,8 +159,8 @@ def param_groups(
     for keyword in overrides:
       if not isinstance(keyword, str) or not accepts(keyword):
         raise TypeError(
-            f"param_groups: group {name!r} sets {keyword!r}, which {_name(factory)}() does not take; "
-            f"its arguments are: {_argument_names(factory)}."
+          f"param_groups: group {name!r} sets {keyword!r}, which {_name(factory)}() does not take; "
+          f"its arguments are: {_argument_names(factory)}."
         )
     full[name] = {**defaults, **overrides}
   transforms = {name: _build(factory, name, kwargs) for name, kwargs in full.items()}
@@ -198,10 +203,10 @@ def decay_label(path: Any, leaf: Any) -> str:
 
 
 def no_decay_groups(
-    factory: Callable[..., optax.GradientTransformation],
-    *,
-    labels: Labels = decay_label,
-    **defaults: Any,
+  factory: Callable[..., optax.GradientTransformation],
+  *,
+  labels: Labels = decay_label,
+  **defaults: Any,
 ) -> GradientTransformation:
   """Two groups, `"decay"` and `"no_decay"` (weight_decay 0), in one line.
 
@@ -263,8 +268,8 @@ def _label_function(labels: Labels) -> Optional[Callable[[PyTree], PyTree]]:
   if arity == 1:
     return labels
   raise TypeError(
-      f"param_groups: a labels function must take either two positional arguments `(path, leaf) -> name` or one "
-      f"`params -> labels tree`; {labels!r} accepts {arity}. Give it exactly one or two parameters."
+    f"param_groups: a labels function must take either two positional arguments `(path, leaf) -> name` or one "
+    f"`params -> labels tree`; {labels!r} accepts {arity}. Give it exactly one or two parameters."
   )
 
 
@@ -301,11 +306,11 @@ def _labelled_leaves(label_tree: PyTree, params: PyTree, groups: Mapping[Hashabl
     subtrees = label_def.flatten_up_to(params)
   except (ValueError, TypeError) as err:
     raise ValueError(
-        f"param_groups: the labels do not match the params (they must have the params' structure, or a prefix of "
-        f"it): {err}"
+      f"param_groups: the labels do not match the params (they must have the params' structure, or a prefix of "
+      f"it): {err}"
     ) from None
   result = []
-  for (label_path, label), subtree in zip(label_leaves, subtrees):
+  for (label_path, label), subtree in zip(label_leaves, subtrees, strict=True):
     for leaf_path, _ in jax.tree_util.tree_flatten_with_path(subtree)[0]:
       path = jax.tree_util.keystr(tuple(label_path) + tuple(leaf_path)) or "<root>"
       _check_label_known(label, path, groups)
@@ -314,8 +319,8 @@ def _labelled_leaves(label_tree: PyTree, params: PyTree, groups: Mapping[Hashabl
   for name in groups:
     if name not in used:
       raise ValueError(
-          f"param_groups: group {name!r} has no leaves: no leaf of the params is labelled {name!r} "
-          f"(labels in use: {', '.join(sorted(map(repr, used)))}). Remove the group or fix the labels."
+        f"param_groups: group {name!r} has no leaves: no leaf of the params is labelled {name!r} "
+        f"(labels in use: {', '.join(sorted(map(repr, used)))}). Remove the group or fix the labels."
       )
   return result
 
@@ -328,6 +333,5 @@ def _check_label_known(label: Any, path: Optional[str], groups: Mapping[Hashable
   if not known:
     where = f"the leaf at {path} is labelled" if path else "the labels contain"
     raise ValueError(
-        f"param_groups: {where} {label!r}, which names no group; the groups are: "
-        f"{', '.join(map(repr, groups))}."
+      f"param_groups: {where} {label!r}, which names no group; the groups are: {', '.join(map(repr, groups))}."
     )

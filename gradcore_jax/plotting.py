@@ -9,7 +9,10 @@ process-wide backend untouched.
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Mapping, Optional, Union
+from typing import Any
+from typing import Mapping
+from typing import Optional
+from typing import Union
 
 import numpy as np
 
@@ -43,12 +46,12 @@ def _save(figure: Any, path: PathLike) -> pathlib.Path:
 
 
 def plot_loss_curves(
-    curves: Mapping[str, np.ndarray],
-    path: PathLike,
-    *,
-    title: str,
-    smoothing: int = 1,
-    threshold: Optional[float] = None,
+  curves: Mapping[str, np.ndarray],
+  path: PathLike,
+  *,
+  title: str,
+  smoothing: int = 1,
+  threshold: Optional[float] = None,
 ) -> pathlib.Path:
   """Loss against updates, one line per curve, log-scale loss; returns the PNG's path.
 
@@ -76,8 +79,13 @@ def plot_line_fit(comparison: LineFitComparison, path: PathLike) -> pathlib.Path
   figure, (data_axes, path_axes) = _figure(2, 12)
   data_axes.scatter(comparison.x, comparison.y, s=6, color="0.7", label="data")
   ends = np.array([-setup.x_range, setup.x_range])
-  data_axes.plot(ends, setup.slope * ends + setup.intercept, color="black", linestyle="--",
-                 label=f"true: m={setup.slope:g}, b={setup.intercept:g}")
+  data_axes.plot(
+    ends,
+    setup.slope * ends + setup.intercept,
+    color="black",
+    linestyle="--",
+    label=f"true: m={setup.slope:g}, b={setup.intercept:g}",
+  )
   for name, result in comparison.results.items():
     data_axes.plot(ends, result.m * ends + result.b, linewidth=1.6, label=f"{name}: m={result.m:.2f}, b={result.b:.2f}")
     path_axes.plot(result.path[:, 0], linewidth=1.4, label=name)
@@ -91,9 +99,9 @@ def plot_line_fit(comparison: LineFitComparison, path: PathLike) -> pathlib.Path
 
 
 def save_comparison_plots(
-    out_dir: PathLike,
-    line_fit: Optional[LineFitComparison] = None,
-    digits: Optional[DigitsComparison] = None,
+  out_dir: PathLike,
+  line_fit: Optional[LineFitComparison] = None,
+  digits: Optional[DigitsComparison] = None,
 ) -> list[pathlib.Path]:
   """Writes `compare_regression.png` and/or `compare_digits.png` into `out_dir`; returns their paths."""
   out_dir = pathlib.Path(out_dir)
@@ -102,11 +110,13 @@ def save_comparison_plots(
     written.append(plot_line_fit(line_fit, out_dir / "compare_regression.png"))
   if digits is not None:
     setup = digits.setup
-    written.append(plot_loss_curves(
+    written.append(
+      plot_loss_curves(
         {name: r.batch_losses for name, r in digits.results.items()},
         out_dir / "compare_digits.png",
         title=f"Digits, linear 64→10, MSE on one-hot targets, batch {setup.batch_size}",
         smoothing=setup.smoothing,
         threshold=setup.loss_threshold,
-    ))
+      )
+    )
   return written

@@ -11,8 +11,10 @@ its columns, a sharded bias, a small bias and a scalar replicated); each batch i
 along the same axis, and the loss all-gathers every weight before use.
 
 For each optimizer the report lists, stage by stage, the leaves whose sharding is not
-the expected one (a state leaf shaped like a param must carry that param's sharding;
-every other leaf must be a replicated scalar), how many leaves of each kind it saw, and
+the expected one (a state leaf shaped like a param must carry that param's sharding, a
+row or column statistic of a matrix (Adafactor's `(m, 1)`/`(1, n)`) that sharding over
+the axis it keeps; every other leaf must be a replicated scalar), how many leaves of each
+kind it saw, and
 the largest relative difference between the sharded run and the same run on one device.
 The test asserts on these.
 """
@@ -46,8 +48,9 @@ LAYOUT = {
 }
 
 # (id, optimizer); together they build every state leaf kind: momentum buffers, moments,
-# amsgrad maxima, centered averages, accumulators, counts, NAdam's float product and the
-# count of a learning-rate schedule.
+# amsgrad maxima, centered averages, accumulators, counts, NAdam's float product, the
+# count of a learning-rate schedule, Rprop's step sizes, ASGD's average and float scalars,
+# Adafactor's factored statistics and Muon's momentum (orthogonalised in bfloat16).
 CASES = [
     ("sgd-nesterov-wd", gcj.sgd(0.05, momentum=0.9, nesterov=True, weight_decay=1e-2)),
     ("sgd_ema", gcj.sgd_ema(0.1, beta=0.9)),
@@ -59,6 +62,17 @@ CASES = [
     ("adamax", gcj.adamax(1e-2)),
     ("nadam", gcj.nadam(1e-2)),
     ("radam", gcj.radam(1e-2)),
+    ("rprop", gcj.rprop(1e-2)),
+    ("asgd-averaging-wd", gcj.asgd(0.05, t0=5.0, weight_decay=1e-2)),
+    ("adafactor-wd", gcj.adafactor(0.1, weight_decay=0.1)),
+    # Muon takes matrices only: the documented partition, Muon for the two weights and AdamW for the rest.
+    (
+        "muon+adamw",
+        optax.partition(
+            {"muon": gcj.muon(0.05), "adamw": gcj.adamw(1e-2)},
+            lambda params: jax.tree.map(lambda p: "muon" if p.ndim == 2 else "adamw", params),
+        ),
+    ),
 ]
 
 
@@ -76,18 +90,25 @@ def _loss(params, x, y, gather):
 
 def _train(tx, params, xs, ys, gather):
   """`STEPS` updates in one jitted `lax.scan`, from `tx.init(params)`."""
+  return _train_side_by_side([tx], params, xs, ys, gather)[0]
+
+
+def _train_side_by_side(txs, params, xs, ys, gather):
+  """`_train` for each of `txs`, in one program (one compilation instead of one per optimizer)."""
 
   def step(carry, batch):
-    params, state = carry
-    grads = jax.grad(_loss)(params, *batch, gather)
-    updates, state = tx.update(grads, state, params)
-    return (optax.apply_updates(params, updates), state), None
+    stepped = []
+    for tx, (params, state) in zip(txs, carry, strict=True):
+      grads = jax.grad(_loss)(params, *batch, gather)
+      updates, state = tx.update(grads, state, params)
+      stepped.append((optax.apply_updates(params, updates), state))
+    return stepped, None
 
   @jax.jit
-  def train(params, state, xs, ys):
-    return jax.lax.scan(step, (params, state), (xs, ys))[0]
+  def train(carry, xs, ys):
+    return jax.lax.scan(step, carry, (xs, ys))[0]
 
-  return train(params, tx.init(params), xs, ys)
+  return train([(params, tx.init(params)) for tx in txs], xs, ys)
 
 
 def _owner(path, param_paths):
@@ -95,6 +116,19 @@ def _owner(path, param_paths):
   for param_path in param_paths:
     if len(path) >= len(param_path) and tuple(path[len(path) - len(param_path):]) == param_path:
       return param_path
+  return None
+
+
+def _reduced_axis(shape, param_shape) -> int | None:
+  """-1 for the row statistic `(..., m, 1)` of a param `(..., m, n)` (n > 1), -2 for its column
+  statistic `(..., 1, n)` (m > 1), None for any other shape."""
+  if len(param_shape) < 2 or len(shape) != len(param_shape):
+    return None
+  for axis in (-1, -2):
+    reduced = list(param_shape)
+    reduced[axis] = 1
+    if param_shape[axis] > 1 and tuple(shape) == tuple(reduced):
+      return axis
   return None
 
 
@@ -115,12 +149,19 @@ class ShardingCheck:
     self.expected = {tuple(path): (shape, NamedSharding(mesh, spec)) for path, (shape, spec) in flat}
 
   def kinds(self, tree) -> dict[str, int]:
-    """How many leaves of `tree` are shaped like a param, and how many are not."""
-    owners = [_owner(tuple(path), self.expected) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    return {"param_like": sum(o is not None for o in owners), "scalars": sum(o is None for o in owners)}
+    """How many leaves of `tree` are shaped like a param, like a param's row or column statistic, or neither."""
+    counts = {"param_like": 0, "factored": 0, "scalars": 0}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+      owner = _owner(tuple(path), self.expected)
+      if owner is None:
+        counts["scalars"] += 1
+      else:
+        counts["factored" if _reduced_axis(leaf.shape, self.expected[owner][0]) is not None else "param_like"] += 1
+    return counts
 
   def problems(self, tree, *, abstract: bool = False) -> list[str]:
-    """A leaf shaped like a param must carry its sharding; every other leaf is a replicated scalar.
+    """A leaf shaped like a param must carry its sharding, a row (column) statistic of a matrix
+    its sharding over the rows (columns); every other leaf is a replicated scalar.
 
     `abstract`: `jax.eval_shape` output, where a fresh scalar's sharding may be unspecified.
     """
@@ -129,6 +170,11 @@ class ShardingCheck:
       name, owner, sharding = jax.tree_util.keystr(path), _owner(tuple(path), self.expected), leaf.sharding
       if owner is not None:
         shape, want = self.expected[owner]
+        axis = _reduced_axis(leaf.shape, shape)
+        if axis is not None:
+          spec = [*want.spec, *([None] * (len(shape) - len(want.spec)))]
+          spec[axis] = None
+          want, shape = NamedSharding(want.mesh, P(*spec)), leaf.shape
         if leaf.shape != shape or not _same_layout(sharding, want, len(shape)):
           found.append(f"{name}: {leaf.shape} {sharding}, but the param is {shape} {want}")
       elif leaf.shape != ():
@@ -193,8 +239,9 @@ def main() -> dict:
   report = {"devices": jax.device_count(), "param_leaves": len(jax.tree.leaves(values))}
   report["modes"] = {mode: run_on_mesh(mode, values, xs, ys) for mode in ("explicit", "auto")}
   one_device = jax.devices()[0]
-  for name, tx in CASES:
-    single = _train(tx, *jax.device_put((values, xs, ys), one_device), gather=lambda a: a)
+  # The reference runs need no sharding checks, so they share one compilation.
+  singles = _train_side_by_side([tx for _, tx in CASES], *jax.device_put((values, xs, ys), one_device), lambda a: a)
+  for (name, _), single in zip(CASES, singles, strict=True):
     for mode in report["modes"].values():
       case = mode["cases"][name]
       case["max_relative_difference"] = _max_relative_difference(case.pop("final"), single)

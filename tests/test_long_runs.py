@@ -10,13 +10,15 @@ way, the final params and the final state must be finite, and the final loss mus
 under the case's bound. The bounds sit 10x or more above what the run reaches, except
 where a closed form gives the exact answer. Learning rates are the usual ones for each
 optimizer, inside its stability limit; where an optimizer does not converge in 10,000
-steps the bound only asks for progress, and the case says why.
+steps the bound only asks for progress, and the case says why. Muon takes matrices only:
+it sees Rosenbrock's point as a 1 x 2 row and the quadratic's 8 numbers as a 2 x 4 matrix.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +53,9 @@ class Case(NamedTuple):
   tx: Callable[[], optax.GradientTransformation]
   bound: float
   why: str = ""
+  # The params' shape, for optimizers that take matrices only (Muon): the problem's vector reshaped
+  # (the loss sees it flattened again).
+  shape: Optional[tuple[int, ...]] = None
 
 
 # Heavy-ball momentum tuned for the quadratic: rate (sqrt(k)-1)/(sqrt(k)+1) = 0.98 a step.
@@ -59,6 +64,14 @@ ADADELTA_WHY = (
     "Adadelta's step is sqrt(u + eps) / sqrt(v + eps) * g: it starts near sqrt(eps) = 1e-3 and "
     "then follows the size of its own recent steps, so it never anneals and keeps wandering near "
     "the minimum (the run's best loss is 0.18 on Rosenbrock, 2.6 on the quadratic)"
+)
+RPROP_WHY = (
+    "Rprop's step sizes bottom out at step_sizes[0] = 1e-6, and near the minimum its sign steps chatter "
+    "at that size (with 1e-9 it reaches 5e-7 on the quadratic, exactly 0 on Rosenbrock)"
+)
+ASGD_WHY = (
+    "ASGD's step is SGD's (eta = lr / (1 + lambd lr t)**0.75 decays by under 0.1% over the run); "
+    "t0 = 5000 averages the second half into its state, checked finite with it"
 )
 
 CASES = {
@@ -81,6 +94,23 @@ CASES = {
     "rosenbrock-adamax": Case("rosenbrock", lambda: gcj.adamax(2e-3), 1e-8),
     "rosenbrock-nadam": Case("rosenbrock", lambda: gcj.nadam(2e-3), 1e-6),
     "rosenbrock-radam": Case("rosenbrock", lambda: gcj.radam(1e-2), 1e-6, "lr 0.1 diverges: RAdam's first steps are plain momentum SGD"),
+    "rosenbrock-rprop": Case("rosenbrock", lambda: gcj.rprop(1e-3), 3e-6, RPROP_WHY),  # reaches 2.1e-7
+    "rosenbrock-asgd": Case("rosenbrock", lambda: gcj.asgd(1e-3, t0=5000.0), 1e-3, ASGD_WHY),  # 9.9e-5, as SGD
+    "rosenbrock-adafactor": Case(
+        "rosenbrock",
+        lambda: gcj.adafactor(optax.cosine_decay_schedule(1e-2, STEPS)),
+        1e-5,  # reaches 3.0e-7
+        "Adafactor's relative step lr * RMS(p) settles at a distance set by lr (f ~ 0.02 at a constant "
+        "1e-2), so lr decays to 0 (cosine)",
+    ),
+    "rosenbrock-muon": Case(
+        "rosenbrock",
+        lambda: gcj.muon(optax.cosine_decay_schedule(2e-2, STEPS)),
+        1e-8,  # reaches 5.7e-10
+        "on a 1 x 2 row Newton-Schulz normalises the momentum, a step of length ~lr, so lr decays to 0 "
+        "(cosine); the decoupled weight decay (0.1, scaled by lr) vanishes with it",
+        shape=(1, 2),
+    ),
     # Quadratic, condition number 1e4, f0 = 6833. SGD is checked against its closed form below.
     "quadratic-sgd-heavy-ball": Case("quadratic", lambda: gcj.sgd(**HEAVY_BALL), 1e-20),
     "quadratic-sgd-nesterov": Case("quadratic", lambda: gcj.sgd(1e-4, momentum=0.98, nesterov=True), 1e-20),
@@ -105,6 +135,28 @@ CASES = {
         "RAdam's first ~5 steps are momentum SGD, stable only for lr < 2/1e4; at such an lr the "
         "rectified Adam phase that follows is slow (larger lrs blow up in those first steps)",
     ),
+    "quadratic-rprop": Case("quadratic", lambda: gcj.rprop(1e-3), 2e-4, RPROP_WHY),  # reaches 1.1e-5
+    "quadratic-asgd": Case(
+        "quadratic",
+        lambda: gcj.asgd(1.9e-4, t0=5000.0),
+        0.2,  # reaches 0.011
+        ASGD_WHY + "; SGD is stable only for lr < 2/1e4, at which the softest direction (lambda = 1) "
+        "shrinks to exp(-1.9) = 0.15, f = 0.011",
+    ),
+    "quadratic-adafactor": Case(
+        "quadratic",
+        lambda: gcj.adafactor(1e-2),
+        2e-3,  # reaches 1.8e-4
+        "Adafactor's relative step lr * RMS(p) settles at a distance set by lr",
+    ),
+    "quadratic-muon": Case(
+        "quadratic",
+        lambda: gcj.muon(optax.cosine_decay_schedule(2e-2, STEPS)),
+        1e-9,  # reaches 1.4e-11
+        "the 8 numbers as a 2 x 4 matrix; an orthogonalised step has singular values ~1 whatever the "
+        "gradient's size, so lr decays to 0 (cosine)",
+        shape=(2, 4),
+    ),
 }
 
 PROBLEMS = {"rosenbrock": (rosenbrock, ROSENBROCK_START), "quadratic": (quadratic, QUADRATIC_START)}
@@ -127,6 +179,10 @@ def run(tx: optax.GradientTransformation, loss, start):
   return jax.tree.map(np.asarray, train(jnp.asarray(start)))
 
 
+def _flattened(loss, params):
+  return loss(params.reshape(-1))
+
+
 def test_every_optimizer_runs_on_both_problems():
   for problem in PROBLEMS:
     ran = {name.split("-")[1] for name, case in CASES.items() if case.problem == problem}
@@ -137,6 +193,8 @@ def test_every_optimizer_runs_on_both_problems():
 def test_ten_thousand_steps_stay_finite_and_converge_where_they_should(name):
   case = CASES[name]
   loss, start = PROBLEMS[case.problem]
+  if case.shape is not None:
+    loss, start = functools.partial(_flattened, loss), start.reshape(case.shape)
   params, state, losses = run(case.tx(), loss, start)
   assert losses.dtype == np.float32 and params.dtype == np.float32
   assert np.all(np.isfinite(losses)), f"first non-finite loss at step {np.argmin(np.isfinite(losses))}"

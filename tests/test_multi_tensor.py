@@ -1,6 +1,7 @@
 """Tests of `gradcore_jax.multi_tensor.multi_tensor`.
 
-Equality is **bitwise** for every gradcore_jax optimizer in jitted steps: packing changes
+Equality is **bitwise** for every gradcore_jax optimizer it accepts (it refuses Adafactor
+and Muon, whose rules depend on each leaf's shape) in jitted steps: packing changes
 where an element lives, not the float operations applied to it, and the shared scalars
 (bias corrections, schedules) are computed once either way. Comparisons run under `jit`
 because op-by-op execution compiles every operation alone, and XLA rewrites some of them
@@ -41,6 +42,9 @@ OPTIMIZERS = {
     "adamax": lambda: gcj.adamax(maximize=True),
     "nadam": lambda: gcj.nadam(weight_decay=0.1),
     "radam": lambda: gcj.radam(),
+    "rprop": lambda: gcj.rprop(1e-2, etas=(0.4, 1.3), step_sizes=(1e-4, 1.0)),
+    "asgd": lambda: gcj.asgd(1e-2, t0=10.0, weight_decay=0.1),  # averaging from update 12 on
+    # adafactor and muon are refused: their rules depend on each leaf's shape (test_optimizers_more.py).
 }
 
 

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,8 @@ import pytest
 import gradcore_jax as gcj
 
 NAMES = gcj.optimizers.names()
+# Muon takes 2-D leaves only (as torch's Muon): for it the biases are 1 x n rows and the scale 1 x 1.
+MATRICES_ONLY = frozenset({"muon"})
 
 
 def make_optimizer(name: str) -> optax.GradientTransformation:
@@ -30,18 +34,21 @@ def make_optimizer(name: str) -> optax.GradientTransformation:
   return gcj.sgd(1e-2, momentum=0.9) if name == "sgd" else gcj.optimizers.get(name)(1e-2)
 
 
-def make_params(dtype=jnp.float32):
+def make_params(dtype=jnp.float32, name=None):
+  """Two layers and a scale; for the optimizers in `MATRICES_ONLY` every leaf is a matrix."""
+  rows = name in MATRICES_ONLY
+  vector = lambda n: (1, n) if rows else (n,)  # noqa: E731
   return {
       "layers": [
-          {"w": jnp.full((3, 2), 0.5, dtype), "b": jnp.zeros((2,), dtype)},
-          {"w": jnp.full((2, 1), -0.5, dtype), "b": jnp.zeros((1,), dtype)},
+          {"w": jnp.full((3, 2), 0.5, dtype), "b": jnp.zeros(vector(2), dtype)},
+          {"w": jnp.full((2, 1), -0.5, dtype), "b": jnp.zeros(vector(1), dtype)},
       ],
-      "scale": jnp.asarray(2.0, dtype),
+      "scale": jnp.asarray(2.0, dtype).reshape((1, 1) if rows else ()),
   }
 
 
-def make_grads():
-  return jax.tree.map(lambda p: jnp.full_like(p, 0.25), make_params())
+def make_grads(name=None):
+  return jax.tree.map(lambda p: jnp.full_like(p, 0.25), make_params(name=name))
 
 
 def _drop_bias(grads):
@@ -70,20 +77,27 @@ def _transposed_weight(grads):
 
 
 def _broadcastable_bias(grads):
-  grads["layers"][0]["b"] = grads["layers"][0]["b"][:1]  # (1,) broadcasts against (2,)
+  grads["layers"][0]["b"] = grads["layers"][0]["b"][..., :1]  # (1,) broadcasts against (2,), (1, 1) against (1, 2)
   return grads
 
 
-# (id, how the gradients are spoiled, a regex the message must match)
+# (id, how the gradients are spoiled, a regex the message must match: {bias} is the shape of the
+# first bias, {one} the shape the spoiled one has, as `make_params` builds them for the optimizer)
 MISMATCHES = [
     ("missing-leaf", _drop_bias, r"\['layers'\]\[1\]\['b'\] with no gradient"),
     ("renamed-leaf", _rename_bias, r"gradient path \['layers'\]\[1\]\['bias'\] has no counterpart"),
     ("extra-subtree", _extra_layer, r"gradient path \['layers'\]\[2\]\['b'\] has no counterpart"),
     ("container-type", _tuple_for_list, r"same paths, different container types"),
     ("transposed", _transposed_weight, r"gradient at \['layers'\]\[0\]\['w'\] has shape \(2, 3\).*\(3, 2\)"),
-    ("broadcastable", _broadcastable_bias, r"gradient at \['layers'\]\[0\]\['b'\] has shape \(1,\).*\(2,\)"),
+    ("broadcastable", _broadcastable_bias, r"gradient at \['layers'\]\[0\]\['b'\] has shape {one}.*{bias}"),
 ]
 MISMATCH_IDS = [m[0] for m in MISMATCHES]
+
+
+def _message(template: str, name: str) -> str:
+  bias = make_params(name=name)["layers"][0]["b"].shape
+  one = (*bias[:-1], 1)
+  return template.format(bias=re.escape(str(bias)), one=re.escape(str(one)))
 
 
 @pytest.mark.parametrize("mismatch", MISMATCHES, ids=MISMATCH_IDS)
@@ -91,9 +105,9 @@ MISMATCH_IDS = [m[0] for m in MISMATCHES]
 def test_mismatched_gradients_name_the_path_against_the_state(name, mismatch):
   _, spoil, message = mismatch
   tx = make_optimizer(name)
-  state = tx.init(make_params())
-  with pytest.raises(ValueError, match=message):
-    tx.update(spoil(make_grads()), state)
+  state = tx.init(make_params(name=name))
+  with pytest.raises(ValueError, match=_message(message, name)):
+    tx.update(spoil(make_grads(name)), state)
 
 
 @pytest.mark.parametrize("mismatch", MISMATCHES, ids=MISMATCH_IDS)
@@ -102,9 +116,9 @@ def test_mismatched_gradients_name_the_path_against_the_params(name, mismatch):
   """Also for plain SGD, which has no state to compare with."""
   _, spoil, message = mismatch
   tx = gcj.optimizers.get(name)(1e-2)
-  params = make_params()
-  with pytest.raises(ValueError, match=r"does not match the params: .*" + message):
-    tx.update(spoil(make_grads()), tx.init(params), params)
+  params = make_params(name=name)
+  with pytest.raises(ValueError, match=r"does not match the params: .*" + _message(message, name)):
+    tx.update(spoil(make_grads(name)), tx.init(params), params)
 
 
 def test_a_broadcastable_gradient_would_otherwise_reshape_the_params():
@@ -122,7 +136,7 @@ UNSUPPORTED = [jnp.int32, jnp.uint8, jnp.bool_, jnp.complex64]
 @pytest.mark.parametrize("dtype", UNSUPPORTED, ids=lambda d: jnp.dtype(d).name)
 @pytest.mark.parametrize("name", NAMES)
 def test_integer_bool_and_complex_params_are_rejected_at_init(name, dtype):
-  params = make_params()
+  params = make_params(name=name)
   params["layers"][1]["w"] = jnp.ones((2, 1), dtype)
   with pytest.raises(TypeError, match=rf"param at \['layers'\]\[1\]\['w'\] has dtype {jnp.dtype(dtype).name}"):
     make_optimizer(name).init(params)
@@ -138,9 +152,9 @@ def test_a_python_int_param_is_rejected_and_a_python_float_accepted():
 @pytest.mark.parametrize("name", NAMES)
 def test_integer_and_float0_gradients_are_rejected_at_update(name):
   tx = make_optimizer(name)
-  params = make_params()
+  params = make_params(name=name)
   state = tx.init(params)
-  grads = make_grads()
+  grads = make_grads(name)
   grads["scale"] = jnp.asarray(1, jnp.int32)
   with pytest.raises(TypeError, match=r"gradient at \['scale'\] has dtype int32"):
     tx.update(grads, state, params)
@@ -168,13 +182,13 @@ def _snapshot(tree):
   return jax.tree.map(np.array, tree)
 
 
-def _spoiled_calls(tx, params):
+def _spoiled_calls(tx, params, name):
   """Updates that fail: a missing leaf, a wrong shape, an integer gradient."""
-  bad_dtype = make_grads()
+  bad_dtype = make_grads(name)
   bad_dtype["scale"] = jnp.asarray(1, jnp.int32)
   return [
-      lambda state: tx.update(_drop_bias(make_grads()), state, params),
-      lambda state: tx.update(_transposed_weight(make_grads()), state, params),
+      lambda state: tx.update(_drop_bias(make_grads(name)), state, params),
+      lambda state: tx.update(_transposed_weight(make_grads(name)), state, params),
       lambda state: tx.update(bad_dtype, state, params),
   ]
 
@@ -182,18 +196,19 @@ def _spoiled_calls(tx, params):
 @pytest.mark.parametrize("name", NAMES)
 def test_a_failed_update_leaves_the_state_as_it_was(name):
   tx = make_optimizer(name)
-  params = make_params()
-  _, state = tx.update(make_grads(), tx.init(params), params)  # a state that is not all zeros
+  params = make_params(name=name)
+  grads = make_grads(name)
+  _, state = tx.update(grads, tx.init(params), params)  # a state that is not all zeros
   before = _snapshot(state)
   leaves_before = jax.tree.leaves(state)
-  for call in _spoiled_calls(tx, params):
+  for call in _spoiled_calls(tx, params, name):
     with pytest.raises((ValueError, TypeError)):
       call(state)
   assert all(a is b for a, b in zip(jax.tree.leaves(state), leaves_before, strict=True))
   chex.assert_trees_all_equal(_snapshot(state), before)
   # ... and it still takes the step it would have taken without the failures.
-  fresh_state = tx.update(make_grads(), tx.init(params), params)[1]
-  chex.assert_trees_all_equal(tx.update(make_grads(), state, params), tx.update(make_grads(), fresh_state, params))
+  fresh_state = tx.update(grads, tx.init(params), params)[1]
+  chex.assert_trees_all_equal(tx.update(grads, state, params), tx.update(grads, fresh_state, params))
 
 
 def test_a_chain_failing_in_its_last_block_returns_no_partial_state():
@@ -212,14 +227,14 @@ def test_a_chain_failing_in_its_last_block_returns_no_partial_state():
 @pytest.mark.parametrize("name", NAMES)
 def test_a_failed_donating_jitted_update_consumes_no_buffers(name):
   tx = make_optimizer(name)
-  params = make_params()
+  params = make_params(name=name)
   state = tx.init(params)
   step = jax.jit(tx.update, donate_argnums=1)
   with pytest.raises(ValueError, match=r"\['layers'\]\[0\]\['w'\]"):
-    step(_transposed_weight(make_grads()), state, params)
+    step(_transposed_weight(make_grads(name)), state, params)
   assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(state))
   chex.assert_trees_all_equal(state, tx.init(params))
-  updates, _ = step(make_grads(), state, params)  # the same state can still be donated
+  updates, _ = step(make_grads(name), state, params)  # the same state can still be donated
   chex.assert_tree_all_finite(updates)
 
 

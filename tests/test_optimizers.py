@@ -8,19 +8,26 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 
 import gradcore_jax as gcj
 
 NAMES = gcj.optimizers.names()
+# Muon orthogonalises matrices and takes 2-D leaves only (torch's Muon refuses others too):
+# for it the same tree holds the bias and the scale as 1 x n rows (`make_params(name=...)`).
+MATRICES_ONLY = frozenset({"muon"})
 
 
-def make_params(dtype=jnp.float32):
+def make_params(dtype=jnp.float32, name=None):
+  """The test tree: a 3 x 4 kernel, a bias of 4 and a scale of 2 (as rows for optimizers in `MATRICES_ONLY`)."""
+  shape = (lambda n: (1, n)) if name in MATRICES_ONLY else (lambda n: (n,))
   return {
-      "dense": {"kernel": jnp.linspace(-1.0, 1.0, 12, dtype=dtype).reshape(3, 4), "bias": jnp.full((4,), 0.1, dtype)},
-      "scale": jnp.asarray([0.7, -0.3], dtype),
+      "dense": {
+          "kernel": jnp.linspace(-1.0, 1.0, 12, dtype=dtype).reshape(3, 4),
+          "bias": jnp.full(shape(4), 0.1, dtype),
+      },
+      "scale": jnp.asarray([0.7, -0.3], dtype).reshape(shape(2)),
   }
 
 
@@ -105,16 +112,35 @@ def test_chain_with_clip_by_global_norm_matches_manual_clipping():
   assert_close(run(ours), run(reference))
 
 
+# Which of two steps still move after the injected learning rate is set to 0 right after `init`,
+# where torch reads `lr` at another time than the step it applies to (the reference: torch.optim's
+# sources). Rprop copies `lr` into its per-element step sizes when the state is created, so a later
+# change does nothing (in torch, a scheduler has no effect); ASGD computes the step size `eta` of
+# update t + 1 at the end of update t, so the first step still uses the `lr` given at `init`.
+# Every other optimizer reads `lr` in the step it applies to: no step moves.
+STEPS_MOVED_AFTER_LR_SET_TO_ZERO = {"rprop": [True, True], "asgd": [True, False]}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_inject_hyperparams_same_trajectory_and_lr_changeable(name):
   factory = gcj.optimizers.get(name)
   injected = optax.inject_hyperparams(factory)(learning_rate=1e-2)
-  assert_close(run(injected, steps=30), run(factory(learning_rate=1e-2), steps=30), rtol=1e-4, atol=1e-5)
-  params = make_params()
+  params = make_params(name=name)
+  reference = run(factory(learning_rate=1e-2), steps=30, params=params)
+  assert_close(run(injected, steps=30, params=params), reference, rtol=1e-4, atol=1e-5)
   state = injected.init(params)
   state.hyperparams["learning_rate"] = jnp.zeros([])
-  updates, _ = injected.update(jax.grad(loss_fn)(params), state, params)
-  chex.assert_trees_all_close(updates, optax.tree.zeros_like(updates))
+  unchanged = injected.init(params)
+  moved = []
+  for _ in range(2):
+    grads = jax.grad(loss_fn)(params)
+    updates, state = injected.update(grads, state, params)
+    expected, unchanged = injected.update(grads, unchanged, params)
+    moved.append(any(bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates)))
+    if name == "rprop":  # the learning rate is not read after `init`: the very same steps
+      chex.assert_trees_all_equal(updates, expected)
+    params = optax.apply_updates(params, updates)
+  assert moved == STEPS_MOVED_AFTER_LR_SET_TO_ZERO.get(name, [False, False])
 
 
 def test_inject_hyperparams_traced_momentum_equals_static_momentum():
@@ -179,7 +205,7 @@ def test_repeated_steps_compile_once(name):
     updates, state = tx.update(jax.grad(loss_fn)(params), state, params)
     return optax.apply_updates(params, updates), state
 
-  params = make_params()
+  params = make_params(name=name)
   state = tx.init(params)
   for _ in range(5):
     params, state = step(params, state)
@@ -195,8 +221,13 @@ DTYPES = [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64]
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dtypes_stable_under_lax_cond(name, dtype):
   with jax.enable_x64(dtype == jnp.float64):
-    tx = gcj.optimizers.get(name)(1e-3, weight_decay=0.01) if name != "sgd_ema" else gcj.sgd_ema(1e-3, 0.9, 0.01)
-    params = make_params(dtype)
+    if name == "sgd_ema":
+      tx = gcj.sgd_ema(1e-3, 0.9, 0.01)
+    elif name == "rprop":  # torch's Rprop has no weight decay
+      tx = gcj.rprop(1e-3)
+    else:
+      tx = gcj.optimizers.get(name)(1e-3, weight_decay=0.01)
+    params = make_params(dtype, name)
     state = tx.init(params)
     grads = jax.grad(loss_fn)(params)
 
@@ -213,7 +244,7 @@ def test_state_dtypes_stable_under_lax_cond(name, dtype):
 @pytest.mark.parametrize("name", NAMES)
 def test_bf16_params_get_bf16_updates_even_with_injected_f32_hyperparams(name):
   tx = optax.inject_hyperparams(gcj.optimizers.get(name), hyperparam_dtype=jnp.float32)(learning_rate=1e-3)
-  params = make_params(jnp.bfloat16)
+  params = make_params(jnp.bfloat16, name)
   state = tx.init(params)
   updates, new_state = jax.jit(tx.update)(jax.grad(loss_fn)(params), state, params)
   chex.assert_trees_all_equal_dtypes(updates, params)
@@ -223,26 +254,44 @@ def test_bf16_params_get_bf16_updates_even_with_injected_f32_hyperparams(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_init_on_shape_dtype_structs(name):
   tx = gcj.optimizers.get(name)()
-  params = make_params()
+  params = make_params(name=name)
   structs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
   concrete = tx.init(params)
   chex.assert_trees_all_equal_shapes_and_dtypes(tx.init(structs), concrete)
   chex.assert_trees_all_equal_shapes_and_dtypes(jax.eval_shape(tx.init, structs), concrete)
 
 
+def _is_adafactor(node):
+  return isinstance(node, gcj.transforms.ScaleByAdafactorState)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_init_is_idempotent_and_state_shapes_follow_params(name):
+  """Every state leaf is a scalar or shaped like a param, except Adafactor's statistics, which have
+  torch's shapes (the reference: torch.optim.Adafactor's state): for a leaf of 2 or more dims a row
+  statistic `row_var` (..., m, 1) and a column statistic `col_var` (..., 1, n), for the others a
+  full `variance` shaped like the leaf."""
   tx = gcj.optimizers.get(name)()
-  params = make_params()
-  chex.assert_trees_all_equal(tx.init(params), tx.init(params))
-  for leaf in jax.tree.leaves(tx.init(params)):
+  params = make_params(name=name)
+  state = tx.init(params)
+  chex.assert_trees_all_equal(state, tx.init(params))
+  nodes = jax.tree.leaves(state, is_leaf=_is_adafactor)
+  factored = [node for node in nodes if _is_adafactor(node)]
+  assert len(factored) == (name == "adafactor")
+  for adafactor in factored:
+    shapes = lambda tree: jax.tree.map(lambda leaf: leaf.shape, tree)  # noqa: E731  (a None leaf stays None)
+    assert shapes(adafactor.row_var) == {"dense": {"kernel": (3, 1), "bias": None}, "scale": None}
+    assert shapes(adafactor.col_var) == {"dense": {"kernel": (1, 4), "bias": None}, "scale": None}
+    assert shapes(adafactor.variance) == {"dense": {"kernel": None, "bias": (4,)}, "scale": (2,)}
+    assert adafactor.count.shape == ()
+  for leaf in jax.tree.leaves([node for node in nodes if not _is_adafactor(node)]):
     assert leaf.ndim == 0 or any(leaf.shape == p.shape for p in jax.tree.leaves(params))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_none_gradients_pass_through_and_keep_state(name):
   tx = gcj.optimizers.get(name)(1e-2)
-  params = make_params()
+  params = make_params(name=name)
   state = tx.init(params)
   grads = jax.grad(loss_fn)(params)
   grads["scale"] = None

@@ -26,6 +26,7 @@ Set GRADCORE_PROPERTY_EXAMPLES to run more examples than the quick default.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 
 import chex
@@ -44,6 +45,7 @@ EXAMPLES = int(os.environ.get("GRADCORE_PROPERTY_EXAMPLES", "15"))
 STEPS = 7  # RAdam rectifies from step 6 on
 MAX_ABS = 100.0
 FLOAT16_EPS = 1e-4
+ADAFACTOR_FLOAT16_EPS1 = 1e-3
 # jit against eager, relative to the leaf's largest magnitude: XLA may keep excess
 # precision inside a fused float16/bfloat16 computation that eager mode rounds op by op.
 JIT_TOLERANCE = {jnp.float16: 1e-2, jnp.bfloat16: 4e-2, jnp.float32: 1e-5, jnp.float64: 1e-12}
@@ -63,14 +65,14 @@ SHAPES = [(), (3,), (1, 3), (3, 3)]
 FAMILIES = [(jnp.float16, jnp.bfloat16, jnp.float32), (jnp.float64,)]
 
 
-def _leaves(family) -> st.SearchStrategy[Leaf]:
-  return st.builds(Leaf, st.sampled_from(SHAPES), st.sampled_from(family))
+def _leaves(family, shapes=SHAPES) -> st.SearchStrategy[Leaf]:
+  return st.builds(Leaf, st.sampled_from(shapes), st.sampled_from(family))
 
 
-def _trees(family) -> st.SearchStrategy:
+def _trees(family, shapes=SHAPES) -> st.SearchStrategy:
   """Nested dicts, lists and tuples of up to 3 leaves, each of a dtype drawn from `family`."""
   return st.recursive(
-      _leaves(family),
+      _leaves(family, shapes),
       lambda children: st.one_of(
           st.lists(children, min_size=1, max_size=3),
           st.lists(children, min_size=1, max_size=3).map(tuple),
@@ -138,7 +140,49 @@ HYPERPARAMETERS = {
     "adamax": _adam_like,
     "nadam": lambda half: _adam_like(half, momentum_decay=st.floats(0.0, 0.1)),
     "radam": _adam_like,
+    "rprop": lambda half: _rprop(),
+    "asgd": lambda half: st.fixed_dictionaries(
+        {"lambd": st.floats(0.0, 1.0), "alpha": st.floats(0.0, 1.0), "t0": st.one_of(st.floats(0.0, 8.0), st.just(1e6))}
+    ),
+    "adafactor": lambda half: st.fixed_dictionaries(
+        {
+            "beta2_decay": st.floats(-1.0, 0.0),
+            "eps": st.tuples(st.one_of(st.none(), _adafactor_eps1(half)), st.floats(0.0, 1e-2)),
+            "d": st.floats(1.0, 10.0),
+        }
+    ),
+    "muon": lambda half: st.fixed_dictionaries(
+        {
+            "momentum": st.floats(0.0, 0.99),
+            "nesterov": st.booleans(),
+            "eps": st.floats(1e-8, 1e-3),
+            "ns_steps": st.integers(0, 6),
+            "adjust_lr_fn": st.sampled_from([None, "original", "match_rms_adamw"]),
+        }
+    ),
 }
+
+
+@st.composite
+def _rprop(draw):
+  """`0 < eta_minus < 1 < eta_plus` and `0 <= min <= max` step sizes."""
+  low = draw(st.floats(0.0, 1e-3))
+  return {
+      "etas": (draw(st.floats(0.01, 0.99)), draw(st.floats(1.01, 3.0))),
+      "step_sizes": (low, draw(st.floats(low, 50.0))),
+  }
+
+
+def _adafactor_eps1(half: bool) -> st.SearchStrategy[float]:
+  """Adafactor floors the second moment at `eps1**2`: in float16 that floor must not round to 0
+  (2**-24, its smallest subnormal, is 2.4e-4 squared), or a zero gradient gives 0/0, as in torch."""
+  return st.floats(ADAFACTOR_FLOAT16_EPS1 if half else 1e-8, 1e-2)
+
+
+# Muon orthogonalises matrices and takes 2-D leaves only, as torch's Muon does.
+MATRIX_SHAPES = {"muon": [shape for shape in SHAPES if len(shape) == 2]}
+# Rprop reads its learning rate once, as the initial step size, and refuses a schedule (TypeError).
+CONSTANT_LEARNING_RATE = frozenset({"rprop"})
 
 
 def test_every_optimizer_has_hyperparameters():
@@ -147,15 +191,20 @@ def test_every_optimizer_has_hyperparameters():
 
 @st.composite
 def problems(draw, name: str):
-  """(tree of Leaf, optimizer kwargs, params, [grads] * STEPS), all valid for `name`."""
-  spec = draw(_trees(draw(st.sampled_from(FAMILIES))))
+  """(tree of Leaf, optimizer kwargs, params, [grads] * STEPS), all valid for `name`.
+
+  `weight_decay` and `maximize` are drawn where the optimizer has them, as torch's do
+  (torch's Rprop has no weight decay, its Muon no `maximize`).
+  """
+  spec = draw(_trees(draw(st.sampled_from(FAMILIES)), MATRIX_SHAPES.get(name, SHAPES)))
   half = any(leaf.dtype == jnp.float16 for leaf in jax.tree.leaves(spec))
-  kwargs = {
-      "learning_rate": draw(learning_rate),
-      "weight_decay": draw(weight_decay),
-      "maximize": draw(st.booleans()),
-      **draw(HYPERPARAMETERS[name](half)),
-  }
+  accepted = inspect.signature(gcj.optimizers.get(name)).parameters
+  kwargs = {"learning_rate": draw(constant_lr if name in CONSTANT_LEARNING_RATE else learning_rate)}
+  if "weight_decay" in accepted:
+    kwargs["weight_decay"] = draw(weight_decay)
+  if "maximize" in accepted:
+    kwargs["maximize"] = draw(st.booleans())
+  kwargs.update(draw(HYPERPARAMETERS[name](half)))
   params = _tree_of_values(draw, spec)
   grads = [_tree_of_values(draw, spec) for _ in range(STEPS)]
   return spec, kwargs, params, grads

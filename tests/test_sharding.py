@@ -5,6 +5,12 @@ The work happens in `tests/_sharded_optimizers.py`, run once in a subprocess wit
 of the suite) keeps its single device. It trains every optimizer for 20 steps with params
 sharded FSDP-style, on a mesh with an Explicit axis and again on one with an Auto axis,
 and once on a single device; these tests read its JSON report.
+
+Adafactor's row (column) statistic of a matrix, `(m, 1)` (`(1, n)`), carries the matrix's
+sharding over the rows (columns) it keeps and is replicated along the axis it averages.
+Muon runs as documented, on the two matrices with AdamW for the rest (`optax.partition`):
+its momentum is sharded like the params, and each matrix is gathered for the Newton-Schulz
+products (by `newton_schulz` itself on an Explicit axis, by XLA on an Auto one).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -22,21 +29,36 @@ MODES = ("explicit", "auto")
 # Float32 rounding: the sharded gradients sum the batch in another order than one device does.
 FLOAT32_ROUNDING = 1e-5
 
-# Per case: (state leaves shaped like a param, per param; scalar leaves), from the README's
-# memory table. Scalars are step counts, plus NAdam's momentum product and a schedule's count.
+# Per case: (state leaves shaped like a param, in all; row/column statistics of the two
+# matrices; scalar leaves), from the README's memory table. The params are 5 leaves: two
+# matrices, two vectors and a scalar. Scalars are step counts, plus NAdam's momentum
+# product, a schedule's count and ASGD's eta and mu.
+PARAMS = 5
 EXPECTED_STATE = {
-    "sgd-nesterov-wd": (1, 1),  # momentum buffer; count
-    "sgd_ema": (1, 0),  # EMA buffer
-    "rmsprop-centered-momentum-wd": (3, 1),  # square avg, grad avg, momentum buffer; count
-    "adam-amsgrad": (3, 1),  # mu, nu, nu_max; count
-    "adamw-schedule": (2, 2),  # mu, nu; Adam's count and the schedule's count
-    "adagrad-lr-decay": (1, 1),  # sum of squares; the lr_decay schedule's count
-    "adadelta": (2, 0),  # square avg, accumulated delta
-    "adamax": (2, 1),  # mu, infinity norm; count
-    "nadam": (2, 2),  # mu, nu; count and momentum product
-    "radam": (2, 1),  # mu, nu; count
+    "sgd-nesterov-wd": (PARAMS, 0, 1),  # momentum buffer; count
+    "sgd_ema": (PARAMS, 0, 0),  # EMA buffer
+    "rmsprop-centered-momentum-wd": (3 * PARAMS, 0, 1),  # square avg, grad avg, momentum buffer; count
+    "adam-amsgrad": (3 * PARAMS, 0, 1),  # mu, nu, nu_max; count
+    "adamw-schedule": (2 * PARAMS, 0, 2),  # mu, nu; Adam's count and the schedule's count
+    "adagrad-lr-decay": (PARAMS, 0, 1),  # sum of squares; the lr_decay schedule's count
+    "adadelta": (2 * PARAMS, 0, 0),  # square avg, accumulated delta
+    "adamax": (2 * PARAMS, 0, 1),  # mu, infinity norm; count
+    "nadam": (2 * PARAMS, 0, 2),  # mu, nu; count and momentum product
+    "radam": (2 * PARAMS, 0, 1),  # mu, nu; count
+    "rprop": (2 * PARAMS, 0, 0),  # prev, step_size
+    "asgd-averaging-wd": (PARAMS, 0, 3),  # ax; count, eta, mu
+    # Full second moments of the 3 others; a (m, 1) row and a (1, n) column statistic per matrix; count.
+    "adafactor-wd": (3, 2 * 2, 1),
+    # Muon's momentum for the 2 matrices, AdamW's mu and nu for the 3 others; AdamW's count.
+    "muon+adamw": (2 + 2 * 3, 0, 1),
 }
 CASES = [(mode, name) for mode in MODES for name in EXPECTED_STATE]
+
+
+def test_every_optimizer_has_a_case():
+  import gradcore_jax as gcj  # noqa: PLC0415
+
+  assert {re.split("[-+]", name)[0] for name in EXPECTED_STATE} == set(gcj.optimizers.names())
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +94,8 @@ def test_state_leaves_carry_their_params_shardings(report, mode, name):
   """Leaf by leaf after init on arrays and on ShapeDtypeStructs, after 20 jitted updates and,
   with Explicit axes, after a jitted init and under eval_shape."""
   case = report["modes"][mode]["cases"][name]
-  per_param, scalars = EXPECTED_STATE[name]
-  assert case["param_like"] == per_param * report["param_leaves"]
-  assert case["scalars"] == scalars
+  assert report["param_leaves"] == PARAMS
+  assert (case["param_like"], case["factored"], case["scalars"]) == EXPECTED_STATE[name]
   assert case["mismatches"] == []
 
 

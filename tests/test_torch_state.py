@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import subprocess
 import sys
 import textwrap
@@ -31,6 +32,8 @@ from gradcore_jax import torch_state
 HALF = 50
 SHAPES = {"w1": (6, 5), "b1": (5,), "w2": (5, 3), "b2": (3,)}
 NAMES = sorted(SHAPES)  # JAX's leaf order of the params dict, used as torch's parameter order
+# Muon takes matrices only (torch's too): the same model with its biases as 1 x n rows.
+MATRIX_SHAPES = {"w1": (6, 5), "b1": (1, 5), "w2": (5, 3), "b2": (1, 3)}
 TOLERANCE = {np.float64: 1e-10, np.float32: 1e-5}
 
 torch.set_num_threads(1)
@@ -50,9 +53,9 @@ def _precision(dtype):
     yield
 
 
-def _start(dtype):
+def _start(dtype, shapes=SHAPES):
   rng = np.random.default_rng(2)
-  params = {k: (0.5 * rng.standard_normal(s)).astype(dtype) for k, s in SHAPES.items()}
+  params = {k: (0.5 * rng.standard_normal(s)).astype(dtype) for k, s in shapes.items()}
   xs = rng.standard_normal((2 * HALF, 16, 6)).astype(dtype)
   ys = (np.tanh(xs @ rng.standard_normal((6, 3))) + 0.1 * rng.standard_normal((2 * HALF, 16, 3))).astype(dtype)
   return params, xs, ys
@@ -70,8 +73,8 @@ class Reference(NamedTuple):
   groups: Any  # the param groups torch was built with (for a fresh optimizer)
 
 
-def reference(make_optimizer, dtype, make_scheduler=None) -> Reference:
-  params, xs, ys = _start(dtype)
+def reference(make_optimizer, dtype, make_scheduler=None, shapes=SHAPES) -> Reference:
+  params, xs, ys = _start(dtype, shapes)
   tp = {k: torch.tensor(params[k], requires_grad=True) for k in NAMES}
   opt = make_optimizer(tp)
   sched = make_scheduler(opt) if make_scheduler else None
@@ -174,9 +177,24 @@ CASES = [
     ("nadam-decoupled", torch.optim.NAdam, dict(lr=0.01, weight_decay=0.05, decoupled_weight_decay=True), gcj.nadam,
      dict(learning_rate=0.01, weight_decay=0.05, decoupled_weight_decay=True)),
     ("radam", torch.optim.RAdam, dict(lr=0.01), gcj.radam, dict(learning_rate=0.01)),
+    # torch's single-tensor implementations (foreach=False), which gradcore_jax follows to the rounding.
+    ("rprop", torch.optim.Rprop, dict(lr=0.01, foreach=False), gcj.rprop, dict(learning_rate=0.01)),
+    ("rprop-etas-step-sizes", torch.optim.Rprop, dict(lr=0.02, etas=(0.4, 1.3), step_sizes=(1e-4, 0.05), foreach=False),
+     gcj.rprop, dict(learning_rate=0.02, etas=(0.4, 1.3), step_sizes=(1e-4, 0.05))),
+    # t0 = 20: averaging (mu < 1) from update 22 on, before the conversion at step 50.
+    ("asgd-averaging", torch.optim.ASGD, dict(lr=0.05, t0=20.0, weight_decay=0.01, foreach=False), gcj.asgd,
+     dict(learning_rate=0.05, t0=20.0, weight_decay=0.01)),
+    # t0 = 70: ax is still a copy of the params at the conversion, and averaging starts after it.
+    ("asgd-averaging-later", torch.optim.ASGD, dict(lr=0.05, lambd=0.01, alpha=0.6, t0=70.0, foreach=False), gcj.asgd,
+     dict(learning_rate=0.05, lambd=0.01, alpha=0.6, t0=70.0)),
+    ("adafactor", torch.optim.Adafactor, dict(lr=0.01, foreach=False), gcj.adafactor, dict(learning_rate=0.01)),
+    ("adafactor-eps-d-wd", torch.optim.Adafactor,
+     dict(lr=0.05, beta2_decay=-0.7, eps=(1e-6, 1e-3), d=1.2, weight_decay=0.1, foreach=False), gcj.adafactor,
+     dict(learning_rate=0.05, beta2_decay=-0.7, eps=(1e-6, 1e-3), d=1.2, weight_decay=0.1)),
+    # Muon: test_muon_continues_a_torch_run_both_ways.
 ]
 # States that keep no step count although torch records one: `to_torch_state_dict` needs `step=`.
-NEEDS_STEP = {"rmsprop", "adagrad", "adadelta"}
+NEEDS_STEP = {"rmsprop", "adagrad", "adadelta", "rprop", "rprop-etas-step-sizes"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -212,6 +230,191 @@ def test_continues_a_torch_run_both_ways(case):
                                         step=HALF if name in NEEDS_STEP else None)
     resumed = continue_torch(make, params, converted, ref.grads[HALF:])
     assert_same_history(resumed, theirs, np.float64, "gradcore_jax -> torch")
+
+
+def _same_state_dict_state(ours, theirs):
+  """Torch's per-parameter entries of two state_dicts: the same keys, tensors equal bit for bit, same dtypes."""
+  assert ours.keys() == theirs.keys()
+  for index, entry in theirs.items():
+    assert ours[index].keys() == entry.keys()
+    for key, value in entry.items():
+      np.testing.assert_array_equal(ours[index][key].numpy(), value.numpy(), err_msg=f"{index} {key}")
+      assert ours[index][key].dtype == value.dtype
+
+
+@contextlib.contextmanager
+def _recording_newton_schulz(calls):
+  """Wraps torch's own `_zeropower_via_newtonschulz` (still called) to record its inputs and bfloat16 outputs."""
+  module = torch.optim._muon
+  original = module._zeropower_via_newtonschulz
+
+  def recorded(update, *args, **kwargs):
+    out = original(update, *args, **kwargs)
+    calls.append((update.detach().numpy().copy(), out.float().numpy()))
+    return out
+
+  module._zeropower_via_newtonschulz = recorded
+  try:
+    yield
+  finally:
+    module._zeropower_via_newtonschulz = original
+
+
+def _muon_allowance(calls, kwargs):
+  """Per param, per step of the reference run: how far torch's own bfloat16 rounding order can move two runs apart.
+
+  Both sides are fed the same gradients, so their momentum buffers, and the matrices Newton-Schulz receives,
+  are the same whatever the params. The runs can differ only where our `newton_schulz`, given the input torch's
+  received, does not return torch's bfloat16 output bit for bit (an element on the other side of a rounding
+  boundary: torch's CPU GEMM sums in an order of its own; see test_optimizers_more.py). Such a call moves that
+  param by `lr * ratio * |O_ours - O_torch|` at most, and the weight decay only shrinks it afterwards.
+
+  Returns:
+    ({name: cumulative allowance after every step}, the number of calls that differ).
+  """
+  newton_schulz = jax.jit(jax.vmap(gcj.transforms.newton_schulz, in_axes=(0, None, None, None)))
+  coefficients = tuple(jnp.float32(c) for c in kwargs.get("ns_coefficients", (3.4445, -4.775, 2.0315)))
+  allowance, flips = {}, 0
+  for index, name in enumerate(NAMES):  # torch calls it once per parameter, in the parameters' order
+    inputs = np.stack([x for x, _ in calls[index::len(NAMES)]])
+    theirs = np.stack([out for _, out in calls[index::len(NAMES)]])
+    ours = np.asarray(newton_schulz(jnp.asarray(inputs), coefficients, jnp.int32(5), jnp.float32(1e-7)), np.float32)
+    flipped = np.any(ours != theirs, axis=(1, 2))
+    ratio = gcj.transforms.adjusted_lr_ratio(MATRIX_SHAPES[name], kwargs.get("adjust_lr_fn"))
+    effect = np.where(flipped, kwargs["lr"] * ratio * np.max(np.abs(ours - theirs), axis=(1, 2)), 0.0)
+    allowance[name] = np.cumsum(effect)
+    flips += int(flipped.sum())
+  return allowance, flips
+
+
+def _assert_same_muon_history(ours, theirs, allowance, what):
+  """`assert_same_history` in float64, plus the allowance of the reference run's second half."""
+  tol = TOLERANCE[np.float64]
+  for name in NAMES:
+    a, b = np.stack([h[name] for h in ours]), np.stack([h[name] for h in theirs])
+    excess = np.abs(a - b) - (tol * np.abs(b) + tol * np.max(np.abs(b)) + allowance[name][HALF:, None, None])
+    assert np.all(excess <= 0), (what, name, float(np.max(excess)))
+
+
+MUON_CASES = [
+    ("muon", dict(lr=0.02)),
+    ("muon-momentum-adamw-ratio",
+     dict(lr=0.01, weight_decay=0.01, momentum=0.9, nesterov=False, adjust_lr_fn="match_rms_adamw")),
+]
+
+
+@pytest.mark.parametrize("case", MUON_CASES, ids=[c[0] for c in MUON_CASES])
+def test_muon_continues_a_torch_run_both_ways(case):
+  """`test_continues_a_torch_run_both_ways` for torch.optim.Muon (matrices only: the biases as 1 x n rows).
+
+  Muon's orthogonalised update is bfloat16 on both sides, and torch's GEMM rounds in an order of its own:
+  now and then one of its elements lands one bfloat16 step away from ours (see `_muon_allowance`). The
+  trajectories must agree to 1e-10 plus the effect of those calls, counted on the reference run (at most
+  2% of them); the states themselves convert bit for bit.
+  """
+  _, kwargs = case
+  make = _torch_optimizer(torch.optim.Muon, kwargs)
+  tx = gcj.muon(**{("learning_rate" if k == "lr" else k): v for k, v in kwargs.items()})
+  calls: list = []
+  with _precision(np.float64):
+    with _recording_newton_schulz(calls):
+      ref = reference(make, np.float64, shapes=MATRIX_SHAPES)
+    allowance, flips = _muon_allowance(calls, kwargs)
+    assert len(calls) == 2 * HALF * len(NAMES) and flips <= 0.02 * len(calls)
+    theirs = ref.history[HALF:]
+    # torch -> gradcore_jax, and back unchanged.
+    params = ref.history[HALF - 1]
+    state = gcj.from_torch_state_dict(ref.state_dict, tx, jax.tree.map(jnp.asarray, params))
+    ours, _, _ = run_jax(tx, params, state, ref.grads[HALF:])
+    _assert_same_muon_history(ours, theirs, allowance, "torch -> gradcore_jax")
+    template = ref.state_dict["param_groups"]
+    back = gcj.to_torch_state_dict(state, tx, params, param_groups=template)
+    assert back["param_groups"] == template
+    _same_state_dict_state(back["state"], ref.state_dict["state"])
+    # gradcore_jax -> torch. Our buffers after 50 steps are torch's bit for bit (they depend on the gradients
+    # only), so torch's continuation orthogonalises what the reference run did.
+    start, _, _ = _start(np.float64, MATRIX_SHAPES)
+    _, params, state = run_jax(tx, start, tx.init(jax.tree.map(jnp.asarray, start)), ref.grads[:HALF])
+    converted = gcj.to_torch_state_dict(state, tx, params, param_groups=template)
+    _same_state_dict_state(converted["state"], ref.state_dict["state"])
+    resumed = continue_torch(make, params, converted, ref.grads[HALF:])
+    _assert_same_muon_history(resumed, theirs, allowance, "gradcore_jax -> torch")
+
+
+def test_adafactor_param_groups_both_ways_without_a_template():
+  """Two Adafactor groups recorded by `gcj.param_groups` (torch's `eps = (None, 1e-3)` included, None meaning
+  the dtype's epsilon): matrices keep row/column statistics, vectors a full `variance`, and no torch template
+  is needed to write the groups back."""
+
+  def make(tp):
+    return torch.optim.Adafactor(
+        [{"params": _group_split(tp, {"w1", "w2"}), "weight_decay": 0.1},
+         {"params": _group_split(tp, {"b1", "b2"}), "lr": 0.02, "weight_decay": 0.0, "d": 1.5}],
+        lr=0.01, foreach=False,
+    )
+
+  tx = gcj.param_groups(
+      gcj.adafactor, gcj.decay_label,
+      {"decay": {"weight_decay": 0.1}, "no_decay": {"learning_rate": 0.02, "weight_decay": 0.0, "d": 1.5}},
+      learning_rate=0.01,
+  )
+  with _precision(np.float64):
+    ref = reference(make, np.float64)
+    params = ref.history[HALF - 1]
+    state = gcj.from_torch_state_dict(ref.state_dict, tx, jax.tree.map(jnp.asarray, params))
+    ours, _, _ = run_jax(tx, params, state, ref.grads[HALF:])
+    assert_same_history(ours, ref.history[HALF:], np.float64, "torch -> gradcore_jax")
+    start, _, _ = _start(np.float64)
+    _, params, state = run_jax(tx, start, tx.init(jax.tree.map(jnp.asarray, start)), ref.grads[:HALF])
+    converted = gcj.to_torch_state_dict(state, tx, params)
+    # `foreach` is bookkeeping, written as torch's default (None); the reference ran the single-tensor path.
+    assert converted["param_groups"] == [{**g, "foreach": None} for g in ref.state_dict["param_groups"]]
+    # torch numbers the params through its groups: w1, w2 (matrices), then b1, b2 (vectors).
+    factored, full = ["col_var", "row_var", "step"], ["step", "variance"]
+    assert {k: sorted(v) for k, v in converted["state"].items()} == {0: factored, 1: factored, 2: full, 3: full}
+    resumed = continue_torch(make, params, converted, ref.grads[HALF:])
+    assert_same_history(resumed, ref.history[HALF:], np.float64, "gradcore_jax -> torch")
+
+
+def test_adafactor_statistics_convert_only_in_torchs_layout():
+  """A transposed kernel factors over other axes than torch's weight: its row/column statistics are refused, by name."""
+  with _precision(np.float64):
+    ref = reference(_torch_optimizer(torch.optim.Adafactor, dict(lr=0.01, foreach=False)), np.float64)
+    params = {k: jnp.asarray(v.T) for k, v in ref.history[HALF - 1].items()}  # w1, w2 as (in, out) kernels
+    layouts = {k: (1, 0) if len(SHAPES[k]) == 2 else None for k in NAMES}
+    with pytest.raises(ValueError, match=r"leaf \['w1'\], 'row_var': Adafactor's row_var .* converts only in torch's"):
+      gcj.from_torch_state_dict(ref.state_dict, gcj.adafactor(0.01), params, layouts=layouts)
+    tx = gcj.adafactor(0.01)
+    state = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)[1]
+    with pytest.raises(ValueError, match=r"leaf \['w1'\], 'row_var'"):
+      gcj.to_torch_state_dict(state, tx, params, layouts=layouts, param_groups=ref.state_dict["param_groups"])
+
+
+def test_muon_state_is_written_whatever_the_step():
+  """torch's Muon records no step and starts its momentum buffers at zero at its first step: the buffers are
+  always written (zeros before the first step change nothing), and a fresh torch state_dict reads as `init`."""
+  params = {k: jnp.full(s, 0.5) for k, s in MATRIX_SHAPES.items()}
+  tp = [torch.nn.Parameter(torch.full(MATRIX_SHAPES[k], 0.5)) for k in NAMES]
+  fresh = torch.optim.Muon(tp, lr=0.02).state_dict()
+  tx = gcj.muon(0.02)
+  _state_values_equal(gcj.from_torch_state_dict(fresh, tx, params), tx.init(params))
+  written = gcj.to_torch_state_dict(tx.init(params), tx, params, param_groups=fresh["param_groups"])
+  assert sorted(written["state"]) == [0, 1, 2, 3]
+  assert all(list(entry) == ["momentum_buffer"] and not entry["momentum_buffer"].any()
+             for entry in written["state"].values())
+  # Loaded into torch, the zeros step exactly as torch's own fresh state does.
+  grads = [torch.linspace(-1, 1, math.prod(MATRIX_SHAPES[k])).reshape(MATRIX_SHAPES[k]) for k in NAMES]
+  stepped = []
+  for state_dict in (fresh, written):
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in tp]
+    optimizer = torch.optim.Muon(copies, lr=0.02)
+    optimizer.load_state_dict(state_dict)
+    for p, g in zip(copies, grads):
+      p.grad = g.clone()
+    optimizer.step()
+    stepped.append([p.detach().numpy().copy() for p in copies])
+  for a, b in zip(*stepped):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_float32_nadam_continues_torch():

@@ -169,6 +169,8 @@ def test_decoupled_weight_decay_mask_limits_decay_to_selected_leaves():
 def test_every_optimizer_descends_a_simple_quadratic(name):
   tx = gcj.optimizers.get(name)(0.05) if name != "adadelta" else gcj.adadelta(1.0)
   params = jnp.array([1.0, -2.0])
+  if name == "muon":  # it takes matrices only: the same two numbers as a 1 x 2 row
+    params = params.reshape(1, 2)
   state = tx.init(params)
   for _ in range(50):
     updates, state = tx.update(params, state, params)  # gradient of |p|^2 / 2

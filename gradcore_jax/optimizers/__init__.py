@@ -24,8 +24,8 @@ from gradcore_jax.optimizers._alias import sgd_ema
 OptimizerFactory = Callable[..., optax.GradientTransformationExtraArgs]
 
 _REGISTRY: dict[str, OptimizerFactory] = {
-    f.__name__: f
-    for f in (sgd, sgd_ema, rmsprop, adam, adamw, adagrad, adadelta, adamax, nadam, radam, rprop, asgd, adafactor, muon)
+  f.__name__: f
+  for f in (sgd, sgd_ema, rmsprop, adam, adamw, adagrad, adadelta, adamax, nadam, radam, rprop, asgd, adafactor, muon)
 }
 
 
@@ -43,6 +43,20 @@ def get(name: str) -> OptimizerFactory:
 
 
 __all__ = [
-    "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "asgd", "get", "muon", "nadam", "names", "radam",
-    "rmsprop", "rprop", "sgd", "sgd_ema",
+  "adadelta",
+  "adafactor",
+  "adagrad",
+  "adam",
+  "adamax",
+  "adamw",
+  "asgd",
+  "get",
+  "muon",
+  "nadam",
+  "names",
+  "radam",
+  "rmsprop",
+  "rprop",
+  "sgd",
+  "sgd_ema",
 ]

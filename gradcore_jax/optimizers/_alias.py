@@ -13,26 +13,33 @@ optimizers work under `optax.inject_hyperparams`.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable
+from typing import Optional
+from typing import Sequence
+from typing import TypeVar
+from typing import Union
 
 import optax
 
 from gradcore_jax import _checks
 from gradcore_jax import transforms
-from gradcore_jax._typing import PyTree, Scalar, ScalarOrSchedule
+from gradcore_jax._typing import PyTree
+from gradcore_jax._typing import Scalar
+from gradcore_jax._typing import ScalarOrSchedule
 
 GradientTransformation = optax.GradientTransformationExtraArgs
 Mask = Optional[Union[PyTree, Callable[[PyTree], PyTree]]]
+_T = TypeVar("_T")
 
 
 def _torch_chain(
-    preconditioner: Sequence[optax.GradientTransformation],
-    learning_rate: ScalarOrSchedule,
-    weight_decay: Scalar,
-    maximize: bool,
-    *,
-    decoupled: bool = False,
-    mask: Mask = None,
+  preconditioner: Sequence[optax.GradientTransformation],
+  learning_rate: ScalarOrSchedule,
+  weight_decay: Scalar,
+  maximize: bool,
+  *,
+  decoupled: bool = False,
+  mask: Mask = None,
 ) -> GradientTransformation:
   """Wraps `preconditioner` with the steps every torch optimizer shares, in torch's order."""
   _checks.check_learning_rate(learning_rate)
@@ -71,12 +78,12 @@ def _checked(tx: optax.GradientTransformation) -> GradientTransformation:
 
 
 def sgd(
-    learning_rate: ScalarOrSchedule = 1e-3,
-    momentum: ScalarOrSchedule = 0.0,
-    dampening: Scalar = 0.0,
-    nesterov: bool = False,
-    weight_decay: Scalar = 0.0,
-    maximize: bool = False,
+  learning_rate: ScalarOrSchedule = 1e-3,
+  momentum: ScalarOrSchedule = 0.0,
+  dampening: Scalar = 0.0,
+  nesterov: bool = False,
+  weight_decay: Scalar = 0.0,
+  maximize: bool = False,
 ) -> GradientTransformation:
   """Stochastic gradient descent with torch's momentum (`torch.optim.SGD`).
 
@@ -109,10 +116,10 @@ def sgd(
 
 
 def sgd_ema(
-    learning_rate: ScalarOrSchedule = 1e-3,
-    beta: Scalar = 0.9,
-    weight_decay: Scalar = 0.0,
-    maximize: bool = False,
+  learning_rate: ScalarOrSchedule = 1e-3,
+  beta: Scalar = 0.9,
+  weight_decay: Scalar = 0.0,
+  maximize: bool = False,
 ) -> GradientTransformation:
   """SGD with the article's exponential-moving-average momentum.
 
@@ -136,13 +143,13 @@ def sgd_ema(
 
 
 def rmsprop(
-    learning_rate: ScalarOrSchedule = 1e-2,
-    alpha: Scalar = 0.99,
-    eps: Scalar = 1e-8,
-    weight_decay: Scalar = 0.0,
-    momentum: ScalarOrSchedule = 0.0,
-    centered: bool = False,
-    maximize: bool = False,
+  learning_rate: ScalarOrSchedule = 1e-2,
+  alpha: Scalar = 0.99,
+  eps: Scalar = 1e-8,
+  weight_decay: Scalar = 0.0,
+  momentum: ScalarOrSchedule = 0.0,
+  centered: bool = False,
+  maximize: bool = False,
 ) -> GradientTransformation:
   """RMSprop as `torch.optim.RMSprop` and gradientcore's `optim::RMSprop`.
 
@@ -175,14 +182,14 @@ def rmsprop(
 
 
 def adam(
-    learning_rate: ScalarOrSchedule = 1e-3,
-    b1: ScalarOrSchedule = 0.9,
-    b2: Scalar = 0.999,
-    eps: Scalar = 1e-8,
-    weight_decay: Scalar = 0.0,
-    amsgrad: bool = False,
-    maximize: bool = False,
-    decoupled_weight_decay: bool = False,
+  learning_rate: ScalarOrSchedule = 1e-3,
+  b1: ScalarOrSchedule = 0.9,
+  b2: Scalar = 0.999,
+  eps: Scalar = 1e-8,
+  weight_decay: Scalar = 0.0,
+  amsgrad: bool = False,
+  maximize: bool = False,
+  decoupled_weight_decay: bool = False,
 ) -> GradientTransformation:
   """Adam as `torch.optim.Adam`: weight decay is *coupled* (added to the gradient).
 
@@ -209,23 +216,23 @@ def adam(
     An `optax.GradientTransformationExtraArgs`.
   """
   return _torch_chain(
-      [transforms.scale_by_adam(b1, b2, eps, amsgrad)],
-      learning_rate,
-      weight_decay,
-      maximize,
-      decoupled=decoupled_weight_decay,
+    [transforms.scale_by_adam(b1, b2, eps, amsgrad)],
+    learning_rate,
+    weight_decay,
+    maximize,
+    decoupled=decoupled_weight_decay,
   )
 
 
 def adamw(
-    learning_rate: ScalarOrSchedule = 1e-3,
-    b1: ScalarOrSchedule = 0.9,
-    b2: Scalar = 0.999,
-    eps: Scalar = 1e-8,
-    weight_decay: Scalar = 1e-2,
-    amsgrad: bool = False,
-    maximize: bool = False,
-    mask: Mask = None,
+  learning_rate: ScalarOrSchedule = 1e-3,
+  b1: ScalarOrSchedule = 0.9,
+  b2: Scalar = 0.999,
+  eps: Scalar = 1e-8,
+  weight_decay: Scalar = 1e-2,
+  amsgrad: bool = False,
+  maximize: bool = False,
+  mask: Mask = None,
 ) -> GradientTransformation:
   """AdamW as `torch.optim.AdamW`: weight decay is *decoupled*.
 
@@ -250,17 +257,17 @@ def adamw(
     An `optax.GradientTransformationExtraArgs`.
   """
   return _torch_chain(
-      [transforms.scale_by_adam(b1, b2, eps, amsgrad)], learning_rate, weight_decay, maximize, decoupled=True, mask=mask
+    [transforms.scale_by_adam(b1, b2, eps, amsgrad)], learning_rate, weight_decay, maximize, decoupled=True, mask=mask
   )
 
 
 def adagrad(
-    learning_rate: ScalarOrSchedule = 1e-2,
-    lr_decay: Scalar = 0.0,
-    weight_decay: Scalar = 0.0,
-    initial_accumulator_value: Scalar = 0.0,
-    eps: Scalar = 1e-10,
-    maximize: bool = False,
+  learning_rate: ScalarOrSchedule = 1e-2,
+  lr_decay: Scalar = 0.0,
+  weight_decay: Scalar = 0.0,
+  initial_accumulator_value: Scalar = 0.0,
+  eps: Scalar = 1e-10,
+  maximize: bool = False,
 ) -> GradientTransformation:
   """Adagrad as `torch.optim.Adagrad`.
 
@@ -286,15 +293,17 @@ def adagrad(
     learning_rate = transforms.inverse_time_decay(learning_rate, lr_decay)
   else:
     _checks.check_non_negative("lr_decay", lr_decay)
-  return _torch_chain([transforms.scale_by_adagrad(initial_accumulator_value, eps)], learning_rate, weight_decay, maximize)
+  return _torch_chain(
+    [transforms.scale_by_adagrad(initial_accumulator_value, eps)], learning_rate, weight_decay, maximize
+  )
 
 
 def adadelta(
-    learning_rate: ScalarOrSchedule = 1.0,
-    rho: Scalar = 0.9,
-    eps: Scalar = 1e-6,
-    weight_decay: Scalar = 0.0,
-    maximize: bool = False,
+  learning_rate: ScalarOrSchedule = 1.0,
+  rho: Scalar = 0.9,
+  eps: Scalar = 1e-6,
+  weight_decay: Scalar = 0.0,
+  maximize: bool = False,
 ) -> GradientTransformation:
   """Adadelta as `torch.optim.Adadelta`.
 
@@ -318,12 +327,12 @@ def adadelta(
 
 
 def adamax(
-    learning_rate: ScalarOrSchedule = 2e-3,
-    b1: ScalarOrSchedule = 0.9,
-    b2: Scalar = 0.999,
-    eps: Scalar = 1e-8,
-    weight_decay: Scalar = 0.0,
-    maximize: bool = False,
+  learning_rate: ScalarOrSchedule = 2e-3,
+  b1: ScalarOrSchedule = 0.9,
+  b2: Scalar = 0.999,
+  eps: Scalar = 1e-8,
+  weight_decay: Scalar = 0.0,
+  maximize: bool = False,
 ) -> GradientTransformation:
   """Adamax as `torch.optim.Adamax`.
 
@@ -347,14 +356,14 @@ def adamax(
 
 
 def nadam(
-    learning_rate: ScalarOrSchedule = 2e-3,
-    b1: ScalarOrSchedule = 0.9,
-    b2: Scalar = 0.999,
-    eps: Scalar = 1e-8,
-    weight_decay: Scalar = 0.0,
-    momentum_decay: Scalar = 4e-3,
-    maximize: bool = False,
-    decoupled_weight_decay: bool = False,
+  learning_rate: ScalarOrSchedule = 2e-3,
+  b1: ScalarOrSchedule = 0.9,
+  b2: Scalar = 0.999,
+  eps: Scalar = 1e-8,
+  weight_decay: Scalar = 0.0,
+  momentum_decay: Scalar = 4e-3,
+  maximize: bool = False,
+  decoupled_weight_decay: bool = False,
 ) -> GradientTransformation:
   """NAdam as `torch.optim.NAdam` (with its momentum-decay schedule).
 
@@ -378,22 +387,22 @@ def nadam(
     An `optax.GradientTransformationExtraArgs`.
   """
   return _torch_chain(
-      [transforms.scale_by_nadam(b1, b2, eps, momentum_decay)],
-      learning_rate,
-      weight_decay,
-      maximize,
-      decoupled=decoupled_weight_decay,
+    [transforms.scale_by_nadam(b1, b2, eps, momentum_decay)],
+    learning_rate,
+    weight_decay,
+    maximize,
+    decoupled=decoupled_weight_decay,
   )
 
 
 def radam(
-    learning_rate: ScalarOrSchedule = 1e-3,
-    b1: ScalarOrSchedule = 0.9,
-    b2: Scalar = 0.999,
-    eps: Scalar = 1e-8,
-    weight_decay: Scalar = 0.0,
-    maximize: bool = False,
-    decoupled_weight_decay: bool = False,
+  learning_rate: ScalarOrSchedule = 1e-3,
+  b1: ScalarOrSchedule = 0.9,
+  b2: Scalar = 0.999,
+  eps: Scalar = 1e-8,
+  weight_decay: Scalar = 0.0,
+  maximize: bool = False,
+  decoupled_weight_decay: bool = False,
 ) -> GradientTransformation:
   """RAdam as `torch.optim.RAdam`.
 
@@ -417,11 +426,11 @@ def radam(
     An `optax.GradientTransformationExtraArgs`.
   """
   return _torch_chain(
-      [transforms.scale_by_radam(b1, b2, eps)], learning_rate, weight_decay, maximize, decoupled=decoupled_weight_decay
+    [transforms.scale_by_radam(b1, b2, eps)], learning_rate, weight_decay, maximize, decoupled=decoupled_weight_decay
   )
 
 
-def _pair(name: str, value: Sequence[Scalar]) -> tuple[Scalar, Scalar]:
+def _pair(name: str, value: Sequence[_T]) -> tuple[_T, _T]:
   """Unpacks torch's tuple arguments (`etas`, `step_sizes`, `eps`), naming the argument when it is not a pair."""
   try:
     first, second = value
@@ -431,10 +440,10 @@ def _pair(name: str, value: Sequence[Scalar]) -> tuple[Scalar, Scalar]:
 
 
 def rprop(
-    learning_rate: Scalar = 1e-2,
-    etas: Sequence[Scalar] = (0.5, 1.2),
-    step_sizes: Sequence[Scalar] = (1e-6, 50),
-    maximize: bool = False,
+  learning_rate: Scalar = 1e-2,
+  etas: Sequence[Scalar] = (0.5, 1.2),
+  step_sizes: Sequence[Scalar] = (1e-6, 50),
+  maximize: bool = False,
 ) -> GradientTransformation:
   """Rprop as `torch.optim.Rprop` (resilient backpropagation): per-element step sizes, sign-only steps.
 
@@ -465,8 +474,8 @@ def rprop(
   """
   if callable(learning_rate):
     raise TypeError(
-        "rprop's learning_rate is the initial step size (torch's lr is read once, when the state is created), "
-        "so a schedule would have no effect; pass a number."
+      "rprop's learning_rate is the initial step size (torch's lr is read once, when the state is created), "
+      "so a schedule would have no effect; pass a number."
     )
   eta_minus, eta_plus = _pair("etas", etas)
   min_step_size, max_step_size = _pair("step_sizes", step_sizes)
@@ -476,12 +485,12 @@ def rprop(
 
 
 def asgd(
-    learning_rate: ScalarOrSchedule = 1e-2,
-    lambd: Scalar = 1e-4,
-    alpha: Scalar = 0.75,
-    t0: Scalar = 1e6,
-    weight_decay: Scalar = 0.0,
-    maximize: bool = False,
+  learning_rate: ScalarOrSchedule = 1e-2,
+  lambd: Scalar = 1e-4,
+  alpha: Scalar = 0.75,
+  t0: Scalar = 1e6,
+  weight_decay: Scalar = 0.0,
+  maximize: bool = False,
 ) -> GradientTransformation:
   """Averaged SGD as `torch.optim.ASGD` (single-tensor path), keeping the parameter average.
 
@@ -511,12 +520,12 @@ def asgd(
 
 
 def adafactor(
-    learning_rate: ScalarOrSchedule = 1e-2,
-    beta2_decay: Scalar = -0.8,
-    eps: Sequence[Optional[Scalar]] = (None, 1e-3),
-    d: Scalar = 1.0,
-    weight_decay: Scalar = 0.0,
-    maximize: bool = False,
+  learning_rate: ScalarOrSchedule = 1e-2,
+  beta2_decay: Scalar = -0.8,
+  eps: Sequence[Optional[Scalar]] = (None, 1e-3),
+  d: Scalar = 1.0,
+  weight_decay: Scalar = 0.0,
+  maximize: bool = False,
 ) -> GradientTransformation:
   """Adafactor as `torch.optim.Adafactor`: factored second moments, a relative step, no first moment.
 
@@ -548,24 +557,26 @@ def adafactor(
     An `optax.GradientTransformationExtraArgs`; `update` needs the params.
   """
   eps1, eps2 = _pair("eps", eps)
+  if eps2 is None:  # only eps1 has a dtype-dependent default (torch's check raises a TypeError too)
+    raise TypeError("eps[1] (eps2) must be a number, got None; only eps[0] may be None.")
   return _torch_chain(
-      [transforms.scale_by_adafactor(learning_rate, beta2_decay, eps1, eps2, d)],
-      learning_rate,
-      weight_decay,
-      maximize,
-      decoupled=True,
+    [transforms.scale_by_adafactor(learning_rate, beta2_decay, eps1, eps2, d)],
+    learning_rate,
+    weight_decay,
+    maximize,
+    decoupled=True,
   )
 
 
 def muon(
-    learning_rate: ScalarOrSchedule = 1e-3,
-    weight_decay: Scalar = 0.1,
-    momentum: Scalar = 0.95,
-    nesterov: bool = True,
-    ns_coefficients: Sequence[Scalar] = (3.4445, -4.775, 2.0315),
-    eps: Scalar = 1e-7,
-    ns_steps: int = 5,
-    adjust_lr_fn: Optional[str] = None,
+  learning_rate: ScalarOrSchedule = 1e-3,
+  weight_decay: Scalar = 0.1,
+  momentum: Scalar = 0.95,
+  nesterov: bool = True,
+  ns_coefficients: Sequence[Scalar] = (3.4445, -4.775, 2.0315),
+  eps: Scalar = 1e-7,
+  ns_steps: int = 5,
+  adjust_lr_fn: Optional[str] = None,
 ) -> GradientTransformation:
   """Muon as `torch.optim.Muon`: orthogonalised momentum for 2-D parameters.
 

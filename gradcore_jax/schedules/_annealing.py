@@ -7,6 +7,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from gradcore_jax._typing import ArrayLike
 from gradcore_jax.schedules import _core
 from gradcore_jax.schedules._core import Array
 from gradcore_jax.schedules._core import TorchSchedule
@@ -93,7 +94,7 @@ class _CosineAnnealingWarmRestarts(_core.Scheduler):
       self.starts = np.asarray(starts, np.int32)
       self.lengths = np.asarray(lengths, np.float64)
 
-  def _value(self, k: Array) -> Array:
+  def _value(self, k: ArrayLike) -> Array:
     """`eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2` with torch's T_cur, T_i."""
     k = jnp.asarray(k, jnp.int32)
     if self.T_mult == 1:
@@ -116,9 +117,7 @@ class _CosineAnnealingWarmRestarts(_core.Scheduler):
     return jnp.where(k == 0, as_float(lr), self._value(k))
 
 
-def cosine_annealing_warm_restarts(
-    base_lr: float, T_0: int, T_mult: int = 1, eta_min: float = 0.0
-) -> TorchSchedule:
+def cosine_annealing_warm_restarts(base_lr: float, T_0: int, T_mult: int = 1, eta_min: float = 0.0) -> TorchSchedule:
   """`torch.optim.lr_scheduler.CosineAnnealingWarmRestarts` (SGDR).
 
   `lr_t = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2`, where `T_cur` counts

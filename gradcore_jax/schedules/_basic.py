@@ -11,7 +11,9 @@ from __future__ import annotations
 import bisect
 import collections
 import math
-from typing import Any, Callable, Iterable
+from typing import Any
+from typing import Callable
+from typing import Iterable
 
 import jax.numpy as jnp
 import numpy as np
@@ -227,8 +229,8 @@ class _ConstantLR(_core.Scheduler):
   def check(self, k: int) -> None:
     if self.factor == 0 and 1 <= self.total_iters <= k:
       raise ValueError(
-          f"ConstantLR with factor=0 divides by the factor at step total_iters={self.total_iters} "
-          "(torch raises ZeroDivisionError there); under jit the lr is NaN from there on."
+        f"ConstantLR with factor=0 divides by the factor at step total_iters={self.total_iters} "
+        "(torch raises ZeroDivisionError there); under jit the lr is NaN from there on."
       )
 
 
@@ -285,13 +287,14 @@ class _LinearLR(_core.Scheduler):
     # The factors of steps 1..n telescope to (T*start + n*(end-start)) / (T*start). The last one is
     # applied as torch computes it, so that end_factor = 0 leaves torch's exact rounding residue.
     n = jnp.minimum(k, self.total_iters)
-    before_last = div(self.total_iters * self.start + as_float(n - 1) * (self.end - self.start),
-                      self.total_iters * self.start)
+    before_last = div(
+      self.total_iters * self.start + as_float(n - 1) * (self.end - self.start), self.total_iters * self.start
+    )
     return jnp.where(n <= 0, as_float(lr), lr * before_last * self._factor(n))
 
 
 def linear_lr(
-    base_lr: float, start_factor: float = 1.0 / 3, end_factor: float = 1.0, total_iters: int = 5
+  base_lr: float, start_factor: float = 1.0 / 3, end_factor: float = 1.0, total_iters: int = 5
 ) -> TorchSchedule:
   """`torch.optim.lr_scheduler.LinearLR`: the factor moves linearly from `start_factor` to `end_factor`.
 
@@ -314,8 +317,8 @@ def linear_lr(
   base_lr = _core.check_lr("base_lr", base_lr)
   if not _core.is_number(start_factor) or not 0 < start_factor <= 1.0:
     raise ValueError(
-        "start_factor: Starting multiplicative factor expected to be greater than 0 and less or equal to 1, "
-        f"got {start_factor!r}."
+      "start_factor: Starting multiplicative factor expected to be greater than 0 and less or equal to 1, "
+      f"got {start_factor!r}."
     )
   if not _core.is_number(end_factor) or not 0 <= end_factor <= 1.0:
     raise ValueError(f"end_factor: Ending multiplicative factor expected to be between 0 and 1, got {end_factor!r}.")
@@ -393,8 +396,8 @@ class _PolynomialLR(_core.Scheduler):
   def check(self, k: int) -> None:
     if self.power < 0 and 1 <= self.total_iters <= k:
       raise ValueError(
-          f"PolynomialLR with power={self.power} < 0 raises 0.0 to a negative power at step "
-          f"total_iters={self.total_iters} (torch raises ZeroDivisionError there); under jit the lr is inf."
+        f"PolynomialLR with power={self.power} < 0 raises 0.0 to a negative power at step "
+        f"total_iters={self.total_iters} (torch raises ZeroDivisionError there); under jit the lr is inf."
       )
 
 
@@ -421,12 +424,12 @@ def polynomial_lr(base_lr: float, total_iters: int = 5, power: float = 1.0) -> T
 
 
 __all__ = [
-    "constant_lr",
-    "exponential_lr",
-    "lambda_lr",
-    "linear_lr",
-    "multi_step_lr",
-    "multiplicative_lr",
-    "polynomial_lr",
-    "step_lr",
+  "constant_lr",
+  "exponential_lr",
+  "lambda_lr",
+  "linear_lr",
+  "multi_step_lr",
+  "multiplicative_lr",
+  "polynomial_lr",
+  "step_lr",
 ]

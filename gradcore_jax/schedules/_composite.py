@@ -10,7 +10,11 @@ the previous one left. The composites here replay exactly that: sub-schedulers a
 from __future__ import annotations
 
 import bisect
-from typing import Any, Callable, Optional, Sequence
+import itertools
+from typing import Any
+from typing import Callable
+from typing import Optional
+from typing import Sequence
 
 import jax.numpy as jnp
 from jax import lax
@@ -41,30 +45,34 @@ def _install(schedulers: list[_core.Scheduler], owner: str) -> float:
     initial_lr = scheduler.install(initial_lr)
     if scheduler.shares_initial_lr and scheduler.base_lr != initial_lr:
       raise ValueError(
-          f"{owner}: schedules[{i}] ({scheduler.name}) was built with base_lr={scheduler.base_lr}, but in torch it "
-          f"shares the optimizer's initial lr {initial_lr}; build every schedule with the optimizer's lr."
+        f"{owner}: schedules[{i}] ({scheduler.name}) was built with base_lr={scheduler.base_lr}, but in torch it "
+        f"shares the optimizer's initial lr {initial_lr}; build every schedule with the optimizer's lr."
       )
+  if initial_lr is None:  # `_schedulers` already refused an empty list
+    raise ValueError(f"{owner} expects at least one scheduler, but got no scheduler (schedules is empty).")
   return initial_lr
 
 
 def _constructed_lr(schedulers: list[_core.Scheduler]) -> Array:
   """The group's lr after all constructors ran (each one's first step, in order)."""
-  lr, initial_lr = None, None
-  for scheduler in schedulers:
+  first = schedulers[0]  # never empty (`_schedulers`)
+  initial_lr = first.install(None)
+  lr = first.constructed(as_float(first.base_lr), initial_lr)
+  for scheduler in schedulers[1:]:
     initial_lr = scheduler.install(initial_lr)
-    lr = scheduler.constructed(as_float(scheduler.base_lr if lr is None else lr), initial_lr)
+    lr = scheduler.constructed(as_float(lr), initial_lr)
   return lr
 
 
 class _Sequential(_core.Program):
-
   def __init__(self, schedulers: list[_core.Scheduler], milestones: list[int], initial_lr: float):
     self.schedulers, self.milestones, self.initial_lr = schedulers, milestones, initial_lr
     self.first_index = bisect.bisect_right(milestones, 0)
     # Schedulers whose segment [milestones[i-1], milestones[i]) is non-empty and reached at some step.
     n = len(schedulers)
-    self.active = [i for i in range(self.first_index, n) if i == self.first_index or i == n - 1
-                   or milestones[i - 1] < milestones[i]]
+    self.active = [
+      i for i in range(self.first_index, n) if i == self.first_index or i == n - 1 or milestones[i - 1] < milestones[i]
+    ]
     self.has_momentum = any(s.has_momentum for s in schedulers)
 
   def _segment(self, e: int) -> tuple[int, int]:
@@ -102,8 +110,8 @@ class _Sequential(_core.Program):
       out = jnp.where(index == i, value_of(i), out)
     return out
 
-  def lr(self, e: Array) -> Array:
-    return self._select(e, lambda i: self._segment_lr(i, e))
+  def lr(self, k: Array) -> Array:
+    return self._select(k, lambda i: self._segment_lr(i, k))
 
   def _momentum_of(self, i: int, e: Any) -> Array:
     scheduler = self.schedulers[i]
@@ -118,11 +126,11 @@ class _Sequential(_core.Program):
     i = self.first_index if e <= 0 else bisect.bisect_right(self.milestones, e)
     return self._momentum_of(i, jnp.asarray(e, jnp.int32))
 
-  def momentum(self, e: Array) -> Array:
-    return self._select(e, lambda i: self._momentum_of(i, e))
+  def momentum(self, k: Array) -> Array:
+    return self._select(k, lambda i: self._momentum_of(i, k))
 
-  def check(self, e: int) -> None:
-    i, local = self._segment(e) if e > 0 else (self.first_index, 0)
+  def check(self, k: int) -> None:
+    i, local = self._segment(k) if k > 0 else (self.first_index, 0)
     self.schedulers[i].check(local)
 
 
@@ -161,28 +169,28 @@ def sequential_lr(schedules: Sequence[TorchSchedule], milestones: Sequence[int])
   milestones = list(milestones)
   if len(milestones) != len(schedulers) - 1:
     raise ValueError(
-        "milestones: Sequential Schedulers expects number of schedulers provided to be one more than the number of "
-        f"milestone points, but got number of schedulers {len(schedulers)} and the number of milestones to be "
-        f"equal to {len(milestones)}."
+      "milestones: Sequential Schedulers expects number of schedulers provided to be one more than the number of "
+      f"milestone points, but got number of schedulers {len(schedulers)} and the number of milestones to be "
+      f"equal to {len(milestones)}."
     )
   for m in milestones:
     if not _core.is_int(m):
       raise ValueError(f"milestones must be integers, got {m!r}.")
-  if any(b < a for a, b in zip(milestones, milestones[1:])):
+  if any(b < a for a, b in itertools.pairwise(milestones)):
     raise ValueError(f"milestones must be non-decreasing, got {milestones}.")
   milestones = [max(min(int(m), _core.INT32_MAX), -_core.INT32_MAX) for m in milestones]  # counts are int32
   initial_lr = _install(schedulers, "SequentialLR")
   program = _Sequential(schedulers, milestones, initial_lr)
   for i in program.active:
     if i != program.first_index and schedulers[i].reset_error:
-      raise ValueError(f"SequentialLR: schedules[{i}] cannot start at milestone {milestones[i - 1]}: "
-                       f"{schedulers[i].reset_error}.")
+      raise ValueError(
+        f"SequentialLR: schedules[{i}] cannot start at milestone {milestones[i - 1]}: {schedulers[i].reset_error}."
+      )
   program.check(0)
   return _core.make_schedule("SequentialLR", program)
 
 
 class _Chained(_core.Program):
-
   def __init__(self, schedulers: list[_core.Scheduler]):
     self.schedulers = schedulers
     momentum = [s for s in schedulers if s.has_momentum]
@@ -197,7 +205,7 @@ class _Chained(_core.Program):
       # The last absolute scheduler sets the lr at every step; only the ones after it map it.
       step = jnp.maximum(k, 1)
       lr = self.schedulers[self.last_absolute].step(step, start)
-      for scheduler in self.schedulers[self.last_absolute + 1:]:
+      for scheduler in self.schedulers[self.last_absolute + 1 :]:
         lr = scheduler.step(step, lr)
       return jnp.where(k == 0, start, lr)
     if all(s.kind == _core.MULTIPLICATIVE for s in self.schedulers):
@@ -215,6 +223,8 @@ class _Chained(_core.Program):
     return lax.fori_loop(1, k + 1, one_step, start)
 
   def momentum(self, k: Array) -> Array:
+    if self.momentum_scheduler is None:
+      raise NotImplementedError("no scheduler of this chain sets the momentum")
     return self.momentum_scheduler.momentum(k)
 
   def check(self, k: int) -> None:
@@ -254,9 +264,13 @@ def chained_scheduler(schedules: Sequence[TorchSchedule]) -> TorchSchedule:
 
 
 class _PerEpoch(_core.Program):
-
-  def __init__(self, lr: Callable[[Array], Array], momentum: Optional[Callable[[Array], Array]], steps: int,
-               check: Callable[[int], None]):
+  def __init__(
+    self,
+    lr: Callable[[Array], Array],
+    momentum: Optional[Callable[[Array], Array]],
+    steps: int,
+    check: Callable[[int], None],
+  ):
     self.lr_fn, self.momentum_fn, self.steps, self.check_fn = lr, momentum, steps, check
     self.has_momentum = momentum is not None
 
@@ -264,6 +278,8 @@ class _PerEpoch(_core.Program):
     return self.lr_fn(k // self.steps)
 
   def momentum(self, k: Array) -> Array:
+    if self.momentum_fn is None:
+      raise NotImplementedError("the schedule sets no momentum")
     return self.momentum_fn(k // self.steps)
 
   def check(self, k: int) -> None:
@@ -293,10 +309,9 @@ def per_epoch(schedule: Callable[[Array], Array], steps_per_epoch: int) -> Torch
   name = getattr(schedule, "name", getattr(schedule, "__name__", "schedule"))
   program = getattr(schedule, "_program", None)
   if isinstance(schedule, TorchSchedule) and isinstance(program, _core.Program):
-    inner = _PerEpoch(program.lr, program.momentum if program.has_momentum else None, steps_per_epoch,
-                      program.check)
+    inner = _PerEpoch(program.lr, program.momentum if program.has_momentum else None, steps_per_epoch, program.check)
   else:
-    momentum = getattr(schedule, "momentum", None)
+    momentum: Optional[Callable[[Array], Array]] = getattr(schedule, "momentum", None)
     inner = _PerEpoch(schedule, momentum if callable(momentum) else None, steps_per_epoch, lambda k: None)
   return _core.make_schedule(f"per_epoch({name})", inner)
 

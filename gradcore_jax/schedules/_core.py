@@ -22,9 +22,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any, Callable, Optional
+from typing import Any
+from typing import Callable
+from typing import Optional
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -284,7 +287,7 @@ def scheduler_of(schedule: Any, where: str) -> Scheduler:
   program = getattr(schedule, "_program", None)
   if not isinstance(schedule, TorchSchedule) or not isinstance(program, Standalone):
     raise TypeError(
-        f"{where} must be a schedule made by one of gradcore_jax.schedules' torch schedulers (not a composite, "
-        f"not per_epoch, not reduce_lr_on_plateau), got {schedule!r}."
+      f"{where} must be a schedule made by one of gradcore_jax.schedules' torch schedulers (not a composite, "
+      f"not per_epoch, not reduce_lr_on_plateau), got {schedule!r}."
     )
   return program.scheduler

@@ -8,10 +8,13 @@ can also set the optimizer's `momentum` (`betas[0]` for the Adam family); the sc
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Any
+from typing import Callable
+from typing import Optional
 
 import jax.numpy as jnp
 
+from gradcore_jax._typing import ArrayLike
 from gradcore_jax.schedules import _core
 from gradcore_jax.schedules._core import Array
 from gradcore_jax.schedules._core import TorchSchedule
@@ -26,8 +29,20 @@ class _CyclicLR(_core.Scheduler):
   name = "CyclicLR"
   shares_initial_lr = False  # torch replaces its base_lrs by its own base_lr
 
-  def __init__(self, base_lr, max_lr, step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode,
-               cycle_momentum, base_momentum, max_momentum):
+  def __init__(
+    self,
+    base_lr,
+    max_lr,
+    step_size_up,
+    step_size_down,
+    mode,
+    gamma,
+    scale_fn,
+    scale_mode,
+    cycle_momentum,
+    base_momentum,
+    max_momentum,
+  ):
     self.base_lr, self.max_lr = base_lr, max_lr
     self.total_size = step_size_up + step_size_down
     self.step_ratio = step_size_up / self.total_size
@@ -38,7 +53,7 @@ class _CyclicLR(_core.Scheduler):
     self.has_momentum = cycle_momentum
     self.base_momentum, self.max_momentum = base_momentum, max_momentum
 
-  def _shape(self, k: Array) -> tuple[Array, Array]:
+  def _shape(self, k: ArrayLike) -> tuple[Array, ArrayLike]:
     """Torch's `scale_factor` (the triangle, 0 -> 1 -> 0 over a cycle) and `scale_fn(...)` at step k."""
     k = jnp.asarray(k, jnp.int32)
     position = div(as_float(k), self.total_size)
@@ -55,7 +70,7 @@ class _CyclicLR(_core.Scheduler):
       scale = jnp.power(as_float(self.gamma), as_float(k))
     return factor, scale
 
-  def _value(self, k: Array, base_lr: float) -> Array:
+  def _value(self, k: ArrayLike, base_lr: float) -> Array:
     factor, scale = self._shape(k)
     return base_lr + (self.max_lr - base_lr) * factor * scale
 
@@ -85,17 +100,17 @@ class _CyclicLR(_core.Scheduler):
 
 
 def cyclic_lr(
-    base_lr: float,
-    max_lr: float,
-    step_size_up: float = 2000,
-    step_size_down: Optional[float] = None,
-    mode: str = "triangular",
-    gamma: float = 1.0,
-    scale_fn: Optional[Callable[[Array], Any]] = None,
-    scale_mode: str = "cycle",
-    cycle_momentum: bool = True,
-    base_momentum: float = 0.8,
-    max_momentum: float = 0.9,
+  base_lr: float,
+  max_lr: float,
+  step_size_up: float = 2000,
+  step_size_down: Optional[float] = None,
+  mode: str = "triangular",
+  gamma: float = 1.0,
+  scale_fn: Optional[Callable[[Array], Any]] = None,
+  scale_mode: str = "cycle",
+  cycle_momentum: bool = True,
+  base_momentum: float = 0.8,
+  max_momentum: float = 0.9,
 ) -> TorchSchedule:
   """`torch.optim.lr_scheduler.CyclicLR`: the lr moves between `base_lr` and `max_lr` in triangles.
 
@@ -145,8 +160,19 @@ def cyclic_lr(
   _core.check_choice("scale_mode", scale_mode, ("cycle", "iterations"))
   base_momentum = _core.check_number("base_momentum", base_momentum)
   max_momentum = _core.check_number("max_momentum", max_momentum)
-  scheduler = _CyclicLR(base_lr, max_lr, float(step_size_up), float(step_size_down), mode, gamma, scale_fn,
-                        scale_mode, bool(cycle_momentum), base_momentum, max_momentum)
+  scheduler = _CyclicLR(
+    base_lr,
+    max_lr,
+    float(step_size_up),
+    float(step_size_down),
+    mode,
+    gamma,
+    scale_fn,
+    scale_mode,
+    bool(cycle_momentum),
+    base_momentum,
+    max_momentum,
+  )
   return _core.from_scheduler(scheduler)
 
 
@@ -155,8 +181,19 @@ class _OneCycleLR(_core.Scheduler):
   name = "OneCycleLR"
   shares_initial_lr = False
 
-  def __init__(self, max_lr, total_steps, pct_start, anneal_strategy, cycle_momentum, base_momentum,
-               max_momentum, div_factor, final_div_factor, three_phase):
+  def __init__(
+    self,
+    max_lr,
+    total_steps,
+    pct_start,
+    anneal_strategy,
+    cycle_momentum,
+    base_momentum,
+    max_momentum,
+    div_factor,
+    final_div_factor,
+    three_phase,
+  ):
     self.total_steps, self.anneal_strategy = total_steps, anneal_strategy
     self.initial_lr = max_lr / div_factor
     self.min_lr = self.initial_lr / final_div_factor
@@ -168,14 +205,14 @@ class _OneCycleLR(_core.Scheduler):
     # (end_step, start_lr, end_lr, start_momentum, end_momentum), as torch's _schedule_phases.
     if three_phase:
       self.phases = [
-          (up_end, lr["initial"], lr["max"], m["max"], m["base"]),
-          (float(2 * pct_start * total_steps) - 2, lr["max"], lr["initial"], m["base"], m["max"]),
-          (total_steps - 1, lr["initial"], lr["min"], m["max"], m["max"]),
+        (up_end, lr["initial"], lr["max"], m["max"], m["base"]),
+        (float(2 * pct_start * total_steps) - 2, lr["max"], lr["initial"], m["base"], m["max"]),
+        (total_steps - 1, lr["initial"], lr["min"], m["max"], m["max"]),
       ]
     else:
       self.phases = [
-          (up_end, lr["initial"], lr["max"], m["max"], m["base"]),
-          (total_steps - 1, lr["max"], lr["min"], m["base"], m["max"]),
+        (up_end, lr["initial"], lr["max"], m["max"], m["base"]),
+        (total_steps - 1, lr["max"], lr["min"], m["base"], m["max"]),
       ]
 
   def _anneal(self, start: float, end: float, pct: Array) -> Array:
@@ -192,7 +229,7 @@ class _OneCycleLR(_core.Scheduler):
       start = phase[0]
     raise AssertionError("unreachable")
 
-  def _values(self, k: Array, column: int) -> Array:
+  def _values(self, k: ArrayLike, column: int) -> Array:
     """Torch's phase choice and annealing at step k; NaN where torch raises."""
     k = jnp.asarray(k, jnp.int32)
     step = as_float(k)
@@ -227,31 +264,31 @@ class _OneCycleLR(_core.Scheduler):
   def check(self, k: int) -> None:
     if k > self.total_steps:
       raise ValueError(
-          f"Tried to step {k} times. The specified number of total steps is {self.total_steps} "
-          "(one_cycle_lr is defined for counts 0..total_steps; under jit a later count gives NaN)."
+        f"Tried to step {k} times. The specified number of total steps is {self.total_steps} "
+        "(one_cycle_lr is defined for counts 0..total_steps; under jit a later count gives NaN)."
       )
     start, end = self._phase(k)
     if end == start:
       raise ValueError(
-          f"one_cycle_lr: at step {k} torch's phase from step {start} to {end} has zero length and torch raises "
-          f"ZeroDivisionError; choose another pct_start or total_steps (pct_start * total_steps = "
-          f"{self.phases[0][0] + 1})."
+        f"one_cycle_lr: at step {k} torch's phase from step {start} to {end} has zero length and torch raises "
+        f"ZeroDivisionError; choose another pct_start or total_steps (pct_start * total_steps = "
+        f"{self.phases[0][0] + 1})."
       )
 
 
 def one_cycle_lr(
-    max_lr: float,
-    total_steps: Optional[int] = None,
-    epochs: Optional[int] = None,
-    steps_per_epoch: Optional[int] = None,
-    pct_start: float = 0.3,
-    anneal_strategy: str = "cos",
-    cycle_momentum: bool = True,
-    base_momentum: float = 0.85,
-    max_momentum: float = 0.95,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
-    three_phase: bool = False,
+  max_lr: float,
+  total_steps: Optional[int] = None,
+  epochs: Optional[int] = None,
+  steps_per_epoch: Optional[int] = None,
+  pct_start: float = 0.3,
+  anneal_strategy: str = "cos",
+  cycle_momentum: bool = True,
+  base_momentum: float = 0.85,
+  max_momentum: float = 0.95,
+  div_factor: float = 25.0,
+  final_div_factor: float = 1e4,
+  three_phase: bool = False,
 ) -> TorchSchedule:
   """`torch.optim.lr_scheduler.OneCycleLR`: warm up to `max_lr`, then anneal far below the start.
 
@@ -308,8 +345,18 @@ def one_cycle_lr(
   for name, value in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
     if _core.check_number(name, value) == 0:
       raise ValueError(f"{name} must be non-zero (torch divides by it), got {value!r}.")
-  scheduler = _OneCycleLR(max_lr, int(total_steps), pct_start, anneal_strategy, bool(cycle_momentum), base_momentum,
-                          max_momentum, float(div_factor), float(final_div_factor), bool(three_phase))
+  scheduler = _OneCycleLR(
+    max_lr,
+    int(total_steps),
+    pct_start,
+    anneal_strategy,
+    bool(cycle_momentum),
+    base_momentum,
+    max_momentum,
+    float(div_factor),
+    float(final_div_factor),
+    bool(three_phase),
+  )
   return _core.from_scheduler(scheduler)
 
 

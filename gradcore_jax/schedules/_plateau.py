@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -93,11 +94,11 @@ class ReduceLROnPlateau:
     cooldown_counter = jnp.where(reduce, self.cooldown, cooldown_counter)
     bad = jnp.where(reduce, 0, bad)
     return PlateauState(
-        lr.astype(state.lr.dtype),
-        best.astype(state.best.dtype),
-        bad.astype(jnp.int32),
-        cooldown_counter.astype(jnp.int32),
-        state.last_epoch + 1,
+      lr.astype(state.lr.dtype),
+      best.astype(state.best.dtype),
+      bad.astype(jnp.int32),
+      cooldown_counter.astype(jnp.int32),
+      state.last_epoch + 1,
     )
 
   def lr(self, state: PlateauState) -> Array:
@@ -111,15 +112,15 @@ _jitted_step = jax.jit(ReduceLROnPlateau._step, static_argnums=0)
 
 
 def reduce_lr_on_plateau(
-    base_lr: float,
-    mode: str = "min",
-    factor: float = 0.1,
-    patience: int = 10,
-    threshold: float = 1e-4,
-    threshold_mode: str = "rel",
-    cooldown: int = 0,
-    min_lr: float = 0,
-    eps: float = 1e-8,
+  base_lr: float,
+  mode: str = "min",
+  factor: float = 0.1,
+  patience: int = 10,
+  threshold: float = 1e-4,
+  threshold_mode: str = "rel",
+  cooldown: int = 0,
+  min_lr: float = 0,
+  eps: float = 1e-8,
 ) -> ReduceLROnPlateau:
   """`torch.optim.lr_scheduler.ReduceLROnPlateau`, driven by one metric value per epoch.
 
@@ -159,15 +160,15 @@ def reduce_lr_on_plateau(
   patience = _core.check_int("patience", patience, 0)
   cooldown = _core.check_int("cooldown", cooldown, 0)
   return ReduceLROnPlateau(
-      base_lr,
-      mode,
-      float(factor),
-      patience,
-      _core.check_number("threshold", threshold),
-      threshold_mode,
-      cooldown,
-      _core.check_number("min_lr", min_lr),
-      _core.check_number("eps", eps),
+    base_lr,
+    mode,
+    float(factor),
+    patience,
+    _core.check_number("threshold", threshold),
+    threshold_mode,
+    cooldown,
+    _core.check_number("min_lr", min_lr),
+    _core.check_number("eps", eps),
   )
 
 

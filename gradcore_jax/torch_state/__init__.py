@@ -28,12 +28,16 @@ avoids it).
 from __future__ import annotations
 
 from gradcore_jax.torch_state._builtin_converters import ADADELTA as ADADELTA
+from gradcore_jax.torch_state._builtin_converters import ADAFACTOR as ADAFACTOR
 from gradcore_jax.torch_state._builtin_converters import ADAGRAD as ADAGRAD
 from gradcore_jax.torch_state._builtin_converters import ADAM as ADAM
 from gradcore_jax.torch_state._builtin_converters import ADAMAX as ADAMAX
+from gradcore_jax.torch_state._builtin_converters import ASGD as ASGD
+from gradcore_jax.torch_state._builtin_converters import MUON as MUON
 from gradcore_jax.torch_state._builtin_converters import NADAM as NADAM
 from gradcore_jax.torch_state._builtin_converters import RADAM as RADAM
 from gradcore_jax.torch_state._builtin_converters import RMSPROP as RMSPROP
+from gradcore_jax.torch_state._builtin_converters import RPROP as RPROP
 from gradcore_jax.torch_state._builtin_converters import SGD as SGD
 from gradcore_jax.torch_state._export import to_torch_state_dict
 from gradcore_jax.torch_state._import import from_torch_state_dict

@@ -6,10 +6,14 @@ Importing this module registers them; every module that needs the registry fille
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
+
+import numpy as np
 
 from gradcore_jax import optimizers
 from gradcore_jax import transforms
+from gradcore_jax.torch_state._layout import Layout
+from gradcore_jax.torch_state._layout import LayoutError
 from gradcore_jax.torch_state._registry import REQUIRED
 from gradcore_jax.torch_state._registry import StateConverter
 from gradcore_jax.torch_state._registry import TorchOptimizer
@@ -96,6 +100,62 @@ RADAM = TorchOptimizer(
     factories={optimizers.radam: {"decoupled_weight_decay": False}},
 )
 
+RPROP = TorchOptimizer(
+    "Rprop",
+    keys={"lr": REQUIRED, "etas": REQUIRED, "step_sizes": REQUIRED, "maximize": False},
+    extras=_NOT_CAPTURED,
+    factories={optimizers.rprop: {}},
+)
+ASGD = TorchOptimizer(
+    "ASGD",
+    keys={"lr": REQUIRED, "lambd": REQUIRED, "alpha": REQUIRED, "t0": REQUIRED, "weight_decay": REQUIRED,
+          "maximize": False},
+    extras=_NOT_CAPTURED,
+    factories={optimizers.asgd: {}},
+)
+ADAFACTOR = TorchOptimizer(
+    "Adafactor",
+    keys={"lr": REQUIRED, "beta2_decay": REQUIRED, "eps": REQUIRED, "d": REQUIRED, "weight_decay": REQUIRED,
+          "maximize": False},
+    extras={"foreach": None},
+    factories={optimizers.adafactor: {}},
+)
+MUON = TorchOptimizer(
+    "Muon",
+    keys={"lr": REQUIRED, "weight_decay": REQUIRED, "momentum": REQUIRED, "nesterov": REQUIRED,
+          "ns_coefficients": REQUIRED, "eps": REQUIRED, "ns_steps": REQUIRED, "adjust_lr_fn": REQUIRED},
+    records_step=False,
+    zeros_at_first_step=True,
+    factories={optimizers.muon: {}},
+)
+
+
+class _FactoredConverter(StateConverter):
+  """Adafactor's statistics: torch's own shapes, `row_var` `(..., m, 1)` and `col_var` `(..., 1, n)`.
+
+  They are statistics over a leaf's last two axes, so they convert only in torch's layout: a
+  leaf laid out otherwise (a Flax `Dense` kernel is torch's weight transposed) factors over
+  other axes, and its statistics are not torch's moved around. Such a leaf raises (naming it);
+  the full `variance` of a 0-/1-D leaf follows its layout.
+  """
+
+  def import_leaf(self, field: str, value: np.ndarray, layout: Optional[Layout], like: Any) -> Optional[np.ndarray]:
+    _refuse_factored_layout(field, layout)
+    return super().import_leaf(field, value, layout, like)
+
+  def export_leaf(self, field: str, value: np.ndarray, layout: Optional[Layout]) -> np.ndarray:
+    _refuse_factored_layout(field, layout)
+    return super().export_leaf(field, value, layout)
+
+
+def _refuse_factored_layout(field: str, layout: Optional[Layout]) -> None:
+  if layout is not None and field in ("row_var", "col_var"):
+    raise LayoutError(
+        f"Adafactor's {field} is a statistic over the leaf's last two axes, which the layout ({layout.name}) "
+        "moves: it converts only in torch's layout (give this leaf None in `layouts`)"
+    )
+
+
 _ADAM_MOMENTS = {"mu": "exp_avg", "nu": "exp_avg_sq"}
 register_state_converter(
     transforms.TorchMomentumState,
@@ -122,6 +182,22 @@ register_state_converter(transforms.ScaleByAdagradState, StateConverter(ADAGRAD,
 register_state_converter(
     transforms.ScaleByAdadeltaState,
     StateConverter(ADADELTA, trees={"square_avg": "square_avg", "acc_delta": "acc_delta"}),
+)
+register_state_converter(
+    transforms.ScaleByRpropState, StateConverter(RPROP, trees={"prev": "prev", "step_size": "step_size"})
+)
+register_state_converter(
+    transforms.ScaleByAsgdState,
+    StateConverter(ASGD, trees={"ax": "ax"}, scalars={"eta": "eta", "mu": "mu"}, counters=("count",)),
+)
+register_state_converter(
+    transforms.ScaleByAdafactorState,
+    _FactoredConverter(
+        ADAFACTOR, trees={"row_var": "row_var", "col_var": "col_var", "variance": "variance"}, counters=("count",)
+    ),
+)
+register_state_converter(
+    transforms.ScaleByMuonState, StateConverter(MUON, trees={"momentum_buffer": "momentum_buffer"})
 )
 register_state_converter(transforms.ScaleByLearningRateState, StateConverter(counters=("count",)))
 # The norm clip_grad_norm keeps for logging is no optimizer state in torch: nothing to convert.

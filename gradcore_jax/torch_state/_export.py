@@ -10,6 +10,7 @@ import numpy as np
 import optax
 
 from gradcore_jax._typing import PyTree
+from gradcore_jax.torch_state._hyperparams import UNKNOWN
 from gradcore_jax.torch_state._hyperparams import check_structure
 from gradcore_jax.torch_state._hyperparams import described_values
 from gradcore_jax.torch_state._hyperparams import injected_by_key
@@ -48,7 +49,8 @@ def to_torch_state_dict(
   state under torch's keys (`'exp_avg'`, `'momentum_buffer'`, ...) with `'step'` where
   torch records it, and one param group per group of `tx` (`gcj.param_groups`), ordered
   by their torch indices, with torch's hyperparameter keys. Before the first step torch
-  keeps no state (except Adagrad's), and none is written.
+  keeps no state (except Adagrad's), and none is written; Muon, whose state tells no step,
+  always writes its momentum buffers (zeros before the first step, as torch starts them).
 
   torch's `load_state_dict` takes the groups' hyperparameters from the dict, so they
   must be known. They come from, in order: `tx`'s record (a `gcj.param_groups`
@@ -66,7 +68,7 @@ def to_torch_state_dict(
     order: optional pytree of ints, each leaf's torch index (see `from_torch_state_dict`).
     layouts: optional per-leaf layouts (see `from_torch_state_dict`).
     step: the number of steps taken, for states that keep no step count (RMSprop
-      without momentum, Adadelta, Adagrad at a constant rate), where torch records one.
+      without momentum, Adadelta, Adagrad at a constant rate, Rprop), where torch records one.
       Where the state has a count, it must agree.
     param_groups: torch hyperparameters to fill in what `tx` does not record: a list
       with one dict per torch group, in torch's order (e.g. the torch optimizer's
@@ -101,7 +103,7 @@ def to_torch_state_dict(
   for group, template in zip(ordered, templates):
     t = _export_step(group, global_counts, step)
     values = _export_values(group, t, template, next_values)
-    if t is not None and (t > 0 or group.optimizer.eager):
+    if (t is None and group.optimizer.zeros_at_first_step) or (t is not None and (t > 0 or group.optimizer.eager)):
       for i in group.members:
         entry = _export_entry(group, i, t, plan, layout_list, torch)
         if entry:
@@ -209,7 +211,7 @@ def _export_values(
   check_structure(group, values, "to_torch_state_dict")
   for key, value in optimizer.extras.items():
     values.setdefault(key, value)
-  missing = [k for k in optimizer.keys if k not in values or (isinstance(values[k], tuple) and None in values[k])]
+  missing = [k for k in optimizer.keys if k not in values or (isinstance(values[k], tuple) and UNKNOWN in values[k])]
   if missing:
     raise ValueError(
         f"to_torch_state_dict: torch {optimizer.name}'s {missing} of {group.label()} are unknown: tx keeps no record "
@@ -227,7 +229,7 @@ def _export_entry(
   for found in group.blocks:
     for field, key in found.present_trees():
       leaf = plan.leaves(found, field)[i]
-      if isinstance(leaf, optax.MaskedNode):
+      if leaf is None or isinstance(leaf, optax.MaskedNode):
         continue
       try:
         value = found.converter.export_leaf(field, to_numpy(leaf), layouts[i])

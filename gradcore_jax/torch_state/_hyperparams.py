@@ -20,6 +20,16 @@ from gradcore_jax.torch_state._values import same_value
 ByKey = dict[str, dict[Optional[int], Any]]
 
 
+class _Unknown:
+  def __repr__(self) -> str:
+    return "UNKNOWN"
+
+
+UNKNOWN: Any = _Unknown()
+"""An entry of a tuple key not known yet (a `betas` of which only `b1` was injected); None is a value
+torch itself keeps in tuples (Adafactor's `eps = (None, 1e-3)`)."""
+
+
 def torch_key_of(optimizer: TorchOptimizer, argument: str) -> tuple[str, Optional[int]]:
   """The torch key (and position inside it, for `betas`) of a factory argument."""
   for key, names in optimizer.renames.items():
@@ -77,9 +87,9 @@ def merge_injected(values: Mapping[str, Any], injected: ByKey, optimizer: TorchO
         values[key] = parts[None]
       continue
     size = len(optimizer.renames.get(key, ())) or max(parts) + 1
-    current = list(values[key]) if isinstance(values.get(key), tuple) else [None] * size
+    current = list(values[key]) if isinstance(values.get(key), tuple) else [UNKNOWN] * size
     for position, value in parts.items():
-      if position < len(current) and not (current[position] is not None and same_value(current[position], value)):
+      if position < len(current) and not (current[position] is not UNKNOWN and same_value(current[position], value)):
         current[position] = value
     values[key] = tuple(current)
   return values

@@ -222,7 +222,8 @@ def _expected_keys(group: Group, i: int, plan: Plan) -> set[str]:
   keys = set()
   for found in group.blocks:
     for field, key in found.present_trees():
-      if not isinstance(plan.leaves(found, field)[i], optax.MaskedNode):
+      leaf = plan.leaves(found, field)[i]
+      if leaf is not None and not isinstance(leaf, optax.MaskedNode):  # None: no such statistic for this leaf
         keys.add(key)
     keys.update(found.converter.scalars.values())
   if keys and group.optimizer.records_step:
@@ -359,7 +360,7 @@ def _import_tree(
   subtrees = list(plan.leaves(found, field))
   for i in members:
     like = subtrees[i]
-    if isinstance(like, optax.MaskedNode):
+    if like is None or isinstance(like, optax.MaskedNode):
       continue
     torch_value = to_numpy(entries[i][key])
     try:

@@ -42,6 +42,9 @@ class TorchOptimizer:
     records_step: whether torch keeps a per-parameter `'step'` (all but SGD).
     eager: whether torch creates the per-parameter state at construction (Adagrad),
       so that it is present, and written, before the first step.
+    zeros_at_first_step: torch records no step and creates the per-parameter state as
+      zeros at the first step (Muon's momentum buffer), so zeros written before it change
+      nothing: the state is written even when the step count is unknown.
     factories: gradcore_jax factory -> values of torch keys the factory has no argument
       for (AdamW: `decoupled_weight_decay=True`).
     structure: `blocks -> {torch key: bool}`: what the state's structure says about a
@@ -57,6 +60,7 @@ class TorchOptimizer:
   extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   records_step: bool = True
   eager: bool = False
+  zeros_at_first_step: bool = False
   factories: Mapping[Callable[..., Any], Mapping[str, Any]] = dataclasses.field(default_factory=dict)
   structure: Optional[Callable[[Mapping[type, Any]], Mapping[str, bool]]] = None
   renames: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=lambda: dict(_RENAMES))
@@ -68,8 +72,9 @@ class StateConverter:
   """How one block-state type maps onto torch's per-parameter state.
 
   The default conversion copies each params-shaped field leaf by leaf to one torch key
-  (through the leaf's layout); subclass and override `import_leaf`/`export_leaf` for
-  fields torch stores in another shape (factored second moments, ...).
+  (through the leaf's layout); a leaf that is None in the field (Adafactor keeps a row
+  statistic for matrices only) has no such key in torch. Subclass and override
+  `import_leaf`/`export_leaf` for fields torch stores in another shape.
 
   Attributes:
     optimizer: the torch optimizer whose state this is (None for blocks that do not

@@ -16,12 +16,18 @@ checkpoint holds, so a resumed run continues exactly where the checkpoint was wr
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import numbers
 import os
 import time
 import warnings
-from typing import Any, Callable, Iterator, Mapping, Optional, Union
+from typing import Any
+from typing import Callable
+from typing import Iterator
+from typing import Mapping
+from typing import Optional
+from typing import Union
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +73,11 @@ class NonFiniteLossError(FloatingPointError):
     self.loss, self.step, self.epoch, self.batch = loss, step, epoch, batch
     self.in_gradients = math.isfinite(loss)
     where = f"at step {step} (epoch {epoch}, batch {batch}; counted from 0)"
-    what = f"Non-finite gradients {where}; the batch loss was {loss}." if self.in_gradients else f"Non-finite training loss {loss} {where}."
+    what = (
+      f"Non-finite gradients {where}; the batch loss was {loss}."
+      if self.in_gradients
+      else f"Non-finite training loss {loss} {where}."
+    )
     super().__init__(what)
 
 
@@ -93,31 +103,31 @@ class FitResult:
 
 
 def fit(
-    model: Any,
-    optimizer: Any = None,
-    *,
-    loss: LossFn,
-    train_loader: DataLoader,
-    epochs: int,
-    start_epoch: int = 0,
-    params: PyTree = None,
-    opt_state: PyTree = None,
-    eval_loader: Optional[DataLoader] = None,
-    metrics: Optional[Mapping[str, metrics_lib.Metric]] = None,
-    log_interval: int = 50,
-    progress: bool = True,
-    clip_global_norm: Optional[float] = None,
-    on_nonfinite: str = "raise",
-    compiled_epoch: bool = False,
-    checkpoint_dir: Optional[str] = None,
-    checkpoint_every: Optional[int] = None,
-    keep: int = 3,
-    resume: bool = False,
-    mesh: Optional[Mesh] = None,
-    param_sharding: ParamSharding = None,
-    data_axis: Union[None, str, tuple[str, ...]] = None,
-    lr_plateau: Any = None,
-    plateau_monitor: Optional[str] = None,
+  model: Any,
+  optimizer: Any = None,
+  *,
+  loss: LossFn,
+  train_loader: DataLoader,
+  epochs: int,
+  start_epoch: int = 0,
+  params: PyTree = None,
+  opt_state: PyTree = None,
+  eval_loader: Optional[DataLoader] = None,
+  metrics: Optional[Mapping[str, metrics_lib.Metric]] = None,
+  log_interval: int = 50,
+  progress: bool = True,
+  clip_global_norm: Optional[float] = None,
+  on_nonfinite: str = "raise",
+  compiled_epoch: bool = False,
+  checkpoint_dir: Optional[str] = None,
+  checkpoint_every: Optional[int] = None,
+  keep: int = 3,
+  resume: bool = False,
+  mesh: Optional[Mesh] = None,
+  param_sharding: ParamSharding = None,
+  data_axis: Union[None, str, tuple[str, ...]] = None,
+  lr_plateau: Any = None,
+  plateau_monitor: Optional[str] = None,
 ) -> FitResult:
   """Trains `model` for `epochs` epochs over `train_loader`; returns `FitResult(model, stats, opt_state)`.
 
@@ -249,17 +259,17 @@ def fit(
     if eval_loader is not None:
       _check_runs("eval_loader", eval_loader, steps.evaluate, steps.new_tally(), carry.params, carry.model_state)
     loop = _Loop(
-        steps=steps,
-        placement=placement,
-        loader=train_loader,
-        eval_loader=eval_loader,
-        raise_on_nonfinite=options.on_nonfinite == "raise",
-        compiled_epoch=compiled_epoch,
-        log_interval=log_interval,
-        checkpoint_every=checkpoint_every,
-        checkpoints=_open_checkpoints(checkpoint_dir, keep, resume),
-        start_epoch=start_epoch,
-        plateau=plateau,
+      steps=steps,
+      placement=placement,
+      loader=train_loader,
+      eval_loader=eval_loader,
+      raise_on_nonfinite=options.on_nonfinite == "raise",
+      compiled_epoch=compiled_epoch,
+      log_interval=log_interval,
+      checkpoint_every=checkpoint_every,
+      checkpoints=_open_checkpoints(checkpoint_dir, keep, resume),
+      start_epoch=start_epoch,
+      plateau=plateau,
     )
     with loop:
       carry, position = loop.restore(carry, end_epoch=start_epoch + epochs)
@@ -270,27 +280,31 @@ def fit(
       try:
         _progress.say(_progress.header(train_loader, carry.params, carry.opt_state, epochs), progress)
         for epoch in range(position.epoch, start_epoch + epochs):
-          with _progress.epoch_bar(epoch, start_epoch + epochs, len(train_loader), progress, done=position.batch) as bar:
+          with _progress.epoch_bar(
+            epoch, start_epoch + epochs, len(train_loader), progress, done=position.batch
+          ) as bar:
             carry, position = loop.epoch(carry, position, bar)
         loop.save(carry, position, final=True)
       except BaseException as err:  # any failure, KeyboardInterrupt included, keeps the progress made
         loop.attach_partial_result(err, _detached_rebuild(model, adapted))
         raise
   stats = loop.stats
-  trained = adapted.rebuild(carry.params, carry.opt_state, carry.model_state, stats.total_steps - stats.num_skipped_steps)
+  trained = adapted.rebuild(
+    carry.params, carry.opt_state, carry.model_state, stats.total_steps - stats.num_skipped_steps
+  )
   return FitResult(trained, stats, carry.opt_state)
 
 
 def evaluate(
-    model: Any,
-    loader: DataLoader,
-    *,
-    loss: LossFn,
-    metrics: Optional[Mapping[str, metrics_lib.Metric]] = None,
-    params: PyTree = None,
-    mesh: Optional[Mesh] = None,
-    param_sharding: ParamSharding = None,
-    data_axis: Union[None, str, tuple[str, ...]] = None,
+  model: Any,
+  loader: DataLoader,
+  *,
+  loss: LossFn,
+  metrics: Optional[Mapping[str, metrics_lib.Metric]] = None,
+  params: PyTree = None,
+  mesh: Optional[Mesh] = None,
+  param_sharding: ParamSharding = None,
+  data_axis: Union[None, str, tuple[str, ...]] = None,
 ) -> dict[str, Any]:
   """The exact loss and metrics of `model` over the whole of `loader`, params fixed.
 
@@ -369,7 +383,9 @@ class _Loop:
     stats.epoch_times.append(seconds)
     stats.steps_per_second.append((position.batch - begin) / seconds)
     if self.eval_loader is not None:
-      stats.eval_metrics.append(_evaluate_loader(self.steps, self.placement, carry.params, carry.model_state, self.eval_loader))
+      stats.eval_metrics.append(
+        _evaluate_loader(self.steps, self.placement, carry.params, carry.model_state, self.eval_loader)
+      )
       evaluation = {f"eval_{name}": value for name, value in stats.eval_metrics[-1].items()}
       _progress.show(bar, 0, {"loss": stats.epoch_losses[-1], **evaluation})
     if self.plateau is not None:  # torch: scheduler.step(metric) after the epoch, lr for the next one
@@ -389,16 +405,20 @@ class _Loop:
     begin, count = position.batch, len(self.loader)
     first = self.stats.total_steps - begin  # the run's step index of the epoch's batch 0
     every, interval = self.checkpoint_every, None if self.compiled_epoch else self.log_interval
-    ends = [b for b in range(begin + 1, count + 1) if b == count or (interval and b % interval == 0) or (every and (first + b) % every == 0)]
+    ends = [
+      b
+      for b in range(begin + 1, count + 1)
+      if b == count or (interval and b % interval == 0) or (every and (first + b) % every == 0)
+    ]
     if self.compiled_epoch:
       stacked = self.loader.stacked(position.epoch, start=begin)
       sizes = stacked.mask.sum(axis=1).tolist()
-      for start, end in zip([begin] + ends, ends):
+      for start, end in itertools.pairwise([begin] + ends):
         part = slice(start - begin, end - begin)
-        yield jax.tree.map(lambda a: a[part], (stacked.data, stacked.mask)), sizes[part]
+        yield jax.tree.map(lambda a, part=part: a[part], (stacked.data, stacked.mask)), sizes[part]
     else:
       batches = self.loader.epoch(position.epoch, start=begin)
-      for start, end in zip([begin] + ends, ends):
+      for start, end in itertools.pairwise([begin] + ends):
         stretch = [next(batches) for _ in range(end - start)]
         yield stretch, [batch.size for batch in stretch]
 
@@ -440,10 +460,10 @@ class _Loop:
     if self.checkpoints is None or (final and self.stats.total_steps in self.checkpoints.steps()):
       return
     record = {
-        "position": dataclasses.asdict(position),
-        "start_epoch": self.start_epoch,
-        "train_loader": repr(self.loader),
-        "stats": self.stats.to_dict(),
+      "position": dataclasses.asdict(position),
+      "start_epoch": self.start_epoch,
+      "train_loader": repr(self.loader),
+      "stats": self.stats.to_dict(),
     }
     self.checkpoints.save(self.stats.total_steps, carry, record)
 
@@ -458,13 +478,15 @@ class _Loop:
     if self.good is None:
       return
     try:
-      stats = TrainingStats(**{
-          name: value[: self.marks[name]] if isinstance(value, list) else self.marks[name]
-          for name, value in vars(self.stats).items()
-      })
+      fields: dict[str, Any] = {
+        name: value[: self.marks[name]] if isinstance(value, list) else self.marks[name]
+        for name, value in vars(self.stats).items()
+      }
+      stats = TrainingStats(**fields)
       good = self.good
       model = rebuild(good.params, good.opt_state, good.model_state, stats.total_steps - stats.num_skipped_steps)
-      err.partial_result = FitResult(model, stats, good.opt_state)
+      # An attribute of any exception type, as documented in `fit` (hence not declared on BaseException):
+      err.partial_result = FitResult(model, stats, good.opt_state)  # pyright: ignore[reportAttributeAccessIssue]
       err.add_note(f"fit: the last checked state (after {stats.total_steps} steps) is in this error's .partial_result.")
     except Exception as failure:  # pylint: disable=broad-except  (never hide the error that stopped fit)
       err.add_note(f"fit: no partial_result: building it failed with {type(failure).__name__}: {failure}")
@@ -485,21 +507,21 @@ class _Loop:
     position = _Position(**record["position"])
     if record["start_epoch"] != self.start_epoch or position.epoch > end_epoch:
       raise ValueError(
-          f"{where} belongs to a run of start_epoch={record['start_epoch']} and is at epoch {position.epoch}; "
-          f"this call has start_epoch={self.start_epoch} and ends at epoch {end_epoch}."
+        f"{where} belongs to a run of start_epoch={record['start_epoch']} and is at epoch {position.epoch}; "
+        f"this call has start_epoch={self.start_epoch} and ends at epoch {end_epoch}."
       )
     self.stats = TrainingStats.from_dict(record["stats"])
     if unreadable:
       moved = "".join(
-          f"\n  {path}: {reason}\n    (renamed to {checkpoints.set_aside(int(os.path.basename(path)))})"
-          for path, reason in unreadable
+        f"\n  {path}: {reason}\n    (renamed to {checkpoints.set_aside(int(os.path.basename(path)))})"
+        for path, reason in unreadable
       )
       warnings.warn(
-          UnreadableCheckpointWarning(
-              f"Resuming from step {step} in {checkpoints.directory}: {len(unreadable)} newer checkpoint(s) cannot be "
-              f"read. They were renamed, not deleted, so that this run's checkpoints do not collide with them:{moved}"
-          ),
-          stacklevel=3,
+        UnreadableCheckpointWarning(
+          f"Resuming from step {step} in {checkpoints.directory}: {len(unreadable)} newer checkpoint(s) cannot be "
+          f"read. They were renamed, not deleted, so that this run's checkpoints do not collide with them:{moved}"
+        ),
+        stacklevel=3,
       )
     return carry, position
 
@@ -509,12 +531,14 @@ _stack = jax.jit(jnp.stack)  # one dispatch (eager `jnp.stack` makes one per arr
 
 def _place(placement: Placement, adapted: Adapted, steps: Steps) -> Carry:
   """The initial carry: fresh buffers (to be donated) laid out by `placement`."""
+  if adapted.tx is None:  # `fit` refuses a missing optimizer before this
+    raise ValueError("optimizer is required to train: pass an Optax transformation (or an nnx.Optimizer).")
   params, shardings = placement.params(adapted.params)
   return Carry(
-      params,
-      placement.opt_state(adapted.tx, adapted.opt_state, shardings),
-      placement.replicated(adapted.model_state),
-      placement.replicated(steps.new_metrics()),
+    params,
+    placement.opt_state(adapted.tx, adapted.opt_state, shardings),
+    placement.replicated(adapted.model_state),
+    placement.replicated(steps.new_metrics()),
   )
 
 
@@ -526,8 +550,8 @@ def _open_checkpoints(directory: Optional[str], keep: int, resume: bool) -> Any:
   if not resume and checkpoints.steps():
     checkpoints.close()
     raise ValueError(
-        f"checkpoint_dir {directory} already holds checkpoints (steps {checkpoints.steps()}): pass resume=True "
-        "to continue that run, or choose an empty folder."
+      f"checkpoint_dir {directory} already holds checkpoints (steps {checkpoints.steps()}): pass resume=True "
+      "to continue that run, or choose an empty folder."
     )
   return checkpoints
 
@@ -559,7 +583,9 @@ def _detached_rebuild(model: Any, adapted: Adapted) -> Callable[..., Any]:
   return rebuild
 
 
-def _evaluate_loader(steps: Steps, placement: Placement, params: PyTree, model_state: PyTree, loader: DataLoader) -> dict[str, Any]:
+def _evaluate_loader(
+  steps: Steps, placement: Placement, params: PyTree, model_state: PyTree, loader: DataLoader
+) -> dict[str, Any]:
   tally = placement.replicated(steps.new_tally())
   for batch in loader.epoch(0):
     tally = steps.evaluate(tally, params, model_state, placement.batch((batch.data, batch.mask)))
@@ -579,8 +605,7 @@ def _check_runs(name: str, loader: DataLoader, step: Callable[..., Any], *args: 
   except Exception as err:  # pylint: disable=broad-except
     shapes = jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", spec.data)
     raise ValueError(
-        f"The model, loss or metrics cannot run on the batches of {name} (data {shapes}): "
-        f"{type(err).__name__}: {err}"
+      f"The model, loss or metrics cannot run on the batches of {name} (data {shapes}): {type(err).__name__}: {err}"
     ) from err
 
 
@@ -599,7 +624,7 @@ def _check_bool(name: str, value: Any) -> bool:
 def _step_options(clip_global_norm: Any, on_nonfinite: Any) -> StepOptions:
   if clip_global_norm is not None:
     valid = isinstance(clip_global_norm, numbers.Real) and not isinstance(clip_global_norm, bool)
-    if not valid or not 0 < clip_global_norm < math.inf:
+    if not valid or not 0 < float(clip_global_norm) < math.inf:
       raise ValueError(f"clip_global_norm must be a positive finite number or None, got {clip_global_norm!r}.")
     clip_global_norm = float(clip_global_norm)
   if on_nonfinite not in ON_NONFINITE:

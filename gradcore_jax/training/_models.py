@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any
+from typing import Callable
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -56,11 +59,11 @@ class Adapted:
 
 
 def adapt(
-    model: Any,
-    optimizer: Any = None,
-    *,
-    params: PyTree = None,
-    opt_state: PyTree = None,
+  model: Any,
+  optimizer: Any = None,
+  *,
+  params: PyTree = None,
+  opt_state: PyTree = None,
 ) -> Adapted:
   """Recognises the kind of `model` and returns its `Adapted` form (see the module table).
 
@@ -78,13 +81,13 @@ def adapt(
     tx = _require_optax(optimizer)
     variables = _params_collection(_require("params", params, "a linen Module"))
     return _from_train_state(
-        flax.TrainState(
-            step=0,
-            apply_fn=model.apply,
-            params=variables,
-            tx=tx,
-            opt_state=_initial_state(tx, variables, opt_state),
-        )
+      flax.TrainState(
+        step=0,
+        apply_fn=model.apply,
+        params=variables,
+        tx=tx,
+        opt_state=_initial_state(tx, variables, opt_state),
+      )
     )
   if flax is not None and isinstance(model, flax.nnx.Module):
     _reject("params", params, "an NNX Module holds its own params")
@@ -92,32 +95,32 @@ def adapt(
   if callable(model):
     return _from_function(model, _require("params", params, "a plain apply function"), optimizer, opt_state)
   raise ValueError(
-      "model must be an apply function `apply_fn(params, inputs)`, a Flax linen TrainState or "
-      f"Module, or a Flax NNX Module; got {type(model).__name__}."
+    "model must be an apply function `apply_fn(params, inputs)`, a Flax linen TrainState or "
+    f"Module, or a Flax NNX Module; got {type(model).__name__}."
   )
 
 
 def _from_function(apply_fn: Callable, params: PyTree, optimizer: Any, opt_state: PyTree) -> Adapted:
   tx = _require_optax(optimizer)
   return Adapted(
-      apply=lambda p, _, inputs: (apply_fn(p, inputs), None),
-      tx=tx,
-      params=params,
-      opt_state=_initial_state(tx, params, opt_state),
-      model_state=None,
-      rebuild=lambda p, *_: p,
+    apply=lambda p, _, inputs: (apply_fn(p, inputs), None),
+    tx=tx,
+    params=params,
+    opt_state=_initial_state(tx, params, opt_state),
+    model_state=None,
+    rebuild=lambda p, *_: p,
   )
 
 
 def _from_train_state(state: Any) -> Adapted:
   apply_fn = state.apply_fn
   return Adapted(
-      apply=lambda p, _, inputs: (apply_fn({"params": p}, inputs), None),
-      tx=state.tx,
-      params=state.params,
-      opt_state=state.opt_state,
-      model_state=None,
-      rebuild=lambda p, o, _, steps: state.replace(step=state.step + steps, params=p, opt_state=o),
+    apply=lambda p, _, inputs: (apply_fn({"params": p}, inputs), None),
+    tx=state.tx,
+    params=state.params,
+    opt_state=state.opt_state,
+    model_state=None,
+    rebuild=lambda p, o, _, steps: state.replace(step=state.step + steps, params=p, opt_state=o),
   )
 
 
@@ -161,8 +164,8 @@ def _params_collection(params: PyTree) -> PyTree:
   others = sorted(set(params) - {"params"})
   if others:
     raise ValueError(
-        f"params holds the collections {others} besides 'params'; linen models with mutable "
-        "collections (batch statistics, caches) are not supported yet: pass variables['params']."
+      f"params holds the collections {others} besides 'params'; linen models with mutable "
+      "collections (batch statistics, caches) are not supported yet: pass variables['params']."
     )
   return params["params"]
 
@@ -171,8 +174,8 @@ def _require_optax(optimizer: Any) -> Optional[optax.GradientTransformation]:
   """`optimizer` itself, which must be an Optax transformation or None (evaluation only)."""
   if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
     raise ValueError(
-        "optimizer must be an Optax GradientTransformation (e.g. gradcore_jax.adam(1e-3) or "
-        f"optax.sgd(0.1)); got {type(optimizer).__name__}."
+      "optimizer must be an Optax GradientTransformation (e.g. gradcore_jax.adam(1e-3) or "
+      f"optax.sgd(0.1)); got {type(optimizer).__name__}."
     )
   return optimizer
 

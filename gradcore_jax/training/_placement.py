@@ -18,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Any, Callable, Optional, Union
+from typing import Any
+from typing import Callable
+from typing import Optional
+from typing import Union
 
 import jax
 import numpy as np
@@ -50,7 +53,9 @@ class Placement:
   param_sharding: ParamSharding = None
 
   @classmethod
-  def build(cls, mesh: Optional[Mesh], data_axis: Union[None, str, tuple[str, ...]], param_sharding: ParamSharding) -> "Placement":
+  def build(
+    cls, mesh: Optional[Mesh], data_axis: Union[None, str, tuple[str, ...]], param_sharding: ParamSharding
+  ) -> "Placement":
     """Checks the `mesh`, `data_axis` and `param_sharding` arguments of `fit`/`evaluate`."""
     if mesh is None:
       for name, value in (("data_axis", data_axis), ("param_sharding", param_sharding)):
@@ -58,7 +63,9 @@ class Placement:
           raise ValueError(f"{name} needs a mesh: pass mesh=jax.make_mesh(...) as well.")
       return cls()
     if not isinstance(mesh, Mesh):
-      raise ValueError(f"mesh must be a jax.sharding.Mesh (e.g. jax.make_mesh((8,), ('data',))), got {type(mesh).__name__}.")
+      raise ValueError(
+        f"mesh must be a jax.sharding.Mesh (e.g. jax.make_mesh((8,), ('data',))), got {type(mesh).__name__}."
+      )
     axes = mesh.axis_names if data_axis is None else (data_axis,) if isinstance(data_axis, str) else tuple(data_axis)
     unknown = [axis for axis in axes if axis not in mesh.axis_names]
     if unknown or not axes:
@@ -77,8 +84,8 @@ class Placement:
   def check_loader(self, name: str, loader: DataLoader) -> None:
     if loader.batch_size % self.data_devices:
       raise ValueError(
-          f"{name}.batch_size ({loader.batch_size}) must be divisible by the {self.data_devices} devices of the "
-          f"mesh's data axes {self.data_axes}: every device takes an equal share of each batch."
+        f"{name}.batch_size ({loader.batch_size}) must be divisible by the {self.data_devices} devices of the "
+        f"mesh's data axes {self.data_axes}: every device takes an equal share of each batch."
       )
 
   def params(self, params: PyTree) -> tuple[PyTree, PyTree]:
@@ -92,7 +99,7 @@ class Placement:
         return _put(leaf, sharding)
       except (ValueError, TypeError) as err:
         raise ValueError(
-            f"param_sharding does not fit params{jax.tree_util.keystr(path)} of shape {np.shape(leaf)}: {err}"
+          f"param_sharding does not fit params{jax.tree_util.keystr(path)} of shape {np.shape(leaf)}: {err}"
         ) from err
 
     return jax.tree_util.tree_map_with_path(put, params, shardings), shardings
@@ -103,11 +110,11 @@ class Placement:
       return copy_tree(opt_state)
     try:
       return optax.tree_utils.tree_map_params(
-          tx, _put, opt_state, param_shardings, transform_non_params=lambda leaf: _put(leaf, self._replicated)
+        tx, _put, opt_state, param_shardings, transform_non_params=lambda leaf: _put(leaf, self._replicated)
       )
     except (ValueError, TypeError) as err:
       raise ValueError(
-          f"Cannot place the optimizer state on the mesh: its structure does not follow optimizer.init(params) ({err})."
+        f"Cannot place the optimizer state on the mesh: its structure does not follow optimizer.init(params) ({err})."
       ) from err
 
   def replicated(self, tree: PyTree) -> PyTree:
@@ -126,7 +133,13 @@ class Placement:
 
   @property
   def _replicated(self) -> NamedSharding:
-    return NamedSharding(self.mesh, PartitionSpec())
+    return self._on_mesh(PartitionSpec())
+
+  def _on_mesh(self, spec: PartitionSpec) -> NamedSharding:
+    """`spec` on the mesh; only the paths that have a mesh get here."""
+    if self.mesh is None:
+      raise RuntimeError("internal error: a sharding was asked for without a mesh.")
+    return NamedSharding(self.mesh, spec)
 
   def _param_shardings(self, params: PyTree) -> PyTree:
     spec = self.param_sharding
@@ -140,14 +153,14 @@ class Placement:
       if "param_sharding" in str(err):
         raise
       raise ValueError(
-          "param_sharding must be a PartitionSpec or Sharding, a pytree of them shaped like params (or a "
-          f"prefix of it), or a callable (path, leaf) -> PartitionSpec; it does not match params: {err}"
+        "param_sharding must be a PartitionSpec or Sharding, a pytree of them shaped like params (or a "
+        f"prefix of it), or a callable (path, leaf) -> PartitionSpec; it does not match params: {err}"
       ) from err
 
   def _sharding(self, spec: Any, path: Any = ()) -> Sharding:
     where = f" for params{jax.tree_util.keystr(path)}" if path else ""
     if isinstance(spec, PartitionSpec):
-      return NamedSharding(self.mesh, spec)
+      return self._on_mesh(spec)
     if isinstance(spec, NamedSharding) and spec.mesh == self.mesh:
       return spec
     raise ValueError(f"param_sharding{where} must give a PartitionSpec or a NamedSharding on the mesh, got {spec!r}.")

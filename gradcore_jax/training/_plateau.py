@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -48,14 +49,16 @@ class PlateauDriver:
   monitor: str
 
   @classmethod
-  def build(cls, plateau: Any, monitor: Optional[str], has_eval: bool, metric_names: list[str]) -> Optional["PlateauDriver"]:
+  def build(
+    cls, plateau: Any, monitor: Optional[str], has_eval: bool, metric_names: list[str]
+  ) -> Optional["PlateauDriver"]:
     if plateau is None:
       if monitor is not None:
         raise ValueError("plateau_monitor needs lr_plateau (a gradcore_jax.schedules.reduce_lr_on_plateau).")
       return None
     if not all(callable(getattr(plateau, name, None)) for name in ("init", "step", "lr")):
       raise TypeError(
-          f"lr_plateau must be a gradcore_jax.schedules.reduce_lr_on_plateau(...) object, got {type(plateau).__name__}."
+        f"lr_plateau must be a gradcore_jax.schedules.reduce_lr_on_plateau(...) object, got {type(plateau).__name__}."
       )
     if monitor is None:
       monitor = "eval_loss" if has_eval else "loss"
@@ -69,16 +72,16 @@ class PlateauDriver:
     injected = [s for s in _injected_states(opt_state) if "learning_rate" in s.hyperparams]
     if len(injected) != 1:
       raise ValueError(
-          "lr_plateau sets the optimizer's learning rate through optax.inject_hyperparams: build the optimizer as "
-          "`optax.inject_hyperparams(gcj.adam)(learning_rate=...)` (exactly one injected learning_rate; found "
-          f"{len(injected)})."
+        "lr_plateau sets the optimizer's learning rate through optax.inject_hyperparams: build the optimizer as "
+        "`optax.inject_hyperparams(gcj.adam)(learning_rate=...)` (exactly one injected learning_rate; found "
+        f"{len(injected)})."
       )
 
   def figure(self, stats: TrainingStats, epoch: int) -> float:
     if self.monitor == "loss":
       return stats.epoch_losses[epoch]
-    if self.monitor.startswith("eval_") and self.monitor[len("eval_"):] in stats.eval_metrics[epoch]:
-      return stats.eval_metrics[epoch][self.monitor[len("eval_"):]]
+    if self.monitor.startswith("eval_") and self.monitor[len("eval_") :] in stats.eval_metrics[epoch]:
+      return stats.eval_metrics[epoch][self.monitor[len("eval_") :]]
     return stats.train_metrics[epoch][self.monitor]
 
   def learning_rate(self, stats: TrainingStats) -> float:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Mapping
+from typing import Any
+from typing import Mapping
 
 import jax
 import numpy as np
@@ -21,9 +22,9 @@ def header(loader: DataLoader, params: PyTree, opt_state: PyTree, epochs: int) -
   short = loader.examples_per_epoch % loader.batch_size
   last = f" (last one {short} real + {loader.batch_size - short} masked rows)" if short else ""
   return (
-      f"fit: {loader.num_examples:,} samples, batch size {loader.batch_size}, {len(loader)} batches "
-      f"per epoch{last}, {epochs} epochs | {count:,} parameters, optimizer state "
-      f"{memory.state_bytes:,} bytes ({memory.multiple:.2f}x the params)"
+    f"fit: {loader.num_examples:,} samples, batch size {loader.batch_size}, {len(loader)} batches "
+    f"per epoch{last}, {epochs} epochs | {count:,} parameters, optimizer state "
+    f"{memory.state_bytes:,} bytes ({memory.multiple:.2f}x the params)"
   )
 
 
@@ -34,7 +35,9 @@ def say(text: str, enabled: bool) -> None:
 
 def epoch_bar(epoch: int, epochs: int, steps: int, enabled: bool, *, done: int = 0) -> Any:
   """A bar over the steps of one epoch, `done` of them already (resuming); advanced at the loop's sync points."""
-  return tqdm(total=steps, initial=done, desc=f"epoch {epoch + 1}/{epochs}", unit="step", disable=not enabled, file=sys.stderr)
+  return tqdm(
+    total=steps, initial=done, desc=f"epoch {epoch + 1}/{epochs}", unit="step", disable=not enabled, file=sys.stderr
+  )
 
 
 def show(bar: Any, advance: int, figures: Mapping[str, float]) -> None:

@@ -23,7 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Any
+from typing import Callable
+from typing import Mapping
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -104,10 +108,10 @@ class Steps:
 
 
 def build_steps(
-    model: Adapted,
-    loss: LossFn,
-    metrics: Mapping[str, metrics_lib.Metric],
-    options: StepOptions = StepOptions(),
+  model: Adapted,
+  loss: LossFn,
+  metrics: Mapping[str, metrics_lib.Metric],
+  options: StepOptions = StepOptions(),
 ) -> Steps:
   """Builds (and jits) the train and eval steps of `model` under `loss` and `metrics`.
 
@@ -127,15 +131,17 @@ def build_steps(
     per_example = loss(predictions, targets, reduction="none", **loss_kwargs(mask))
     if jnp.shape(per_example) != mask.shape:
       raise ValueError(
-          f"loss(y_pred, y_true, reduction='none') must return one value per example, shape "
-          f"{mask.shape}; got shape {jnp.shape(per_example)} for y_pred {jnp.shape(predictions)} "
-          f"and y_true {jnp.shape(targets)}."
+        f"loss(y_pred, y_true, reduction='none') must return one value per example, shape "
+        f"{mask.shape}; got shape {jnp.shape(per_example)} for y_pred {jnp.shape(predictions)} "
+        f"and y_true {jnp.shape(targets)}."
       )
     per_example = jnp.where(mask, per_example, 0)
     batch_loss = jnp.sum(per_example) / jnp.maximum(jnp.sum(mask), 1)
     return batch_loss, (per_example, targets, predictions, mask, new_model_state)
 
   def train(carry: Carry, batch: BatchData) -> tuple[Carry, Array]:
+    if model.tx is None:  # `evaluate` builds the steps without an optimizer, and never trains
+      raise ValueError("optimizer is required to train: pass an Optax transformation (or an nnx.Optimizer).")
     grad_fn = jax.value_and_grad(forward, has_aux=True)
     (batch_loss, (_, targets, predictions, mask, model_state)), grads = grad_fn(carry.params, carry.model_state, batch)
     finite = _all_finite(batch_loss, grads)
@@ -154,8 +160,8 @@ def build_steps(
   def evaluate(tally: Tally, params: PyTree, model_state: PyTree, batch: BatchData) -> Tally:
     _, (per_example, targets, predictions, mask, _) = forward(params, model_state, batch)
     return Tally(
-        loss_metric.update(tally.loss, per_example, mask=mask),
-        collection.update(tally.metrics, targets, predictions, mask=mask),
+      loss_metric.update(tally.loss, per_example, mask=mask),
+      collection.update(tally.metrics, targets, predictions, mask=mask),
     )
 
   def tally_values(tally: Tally) -> dict[str, Array]:
@@ -164,13 +170,13 @@ def build_steps(
   # The initial states are jitted: one dispatch, and every leaf its own buffer (metric
   # states may share one zero array between leaves, which a donated carry cannot take twice).
   return Steps(
-      train=jax.jit(train, donate_argnums=0),
-      train_scan=jax.jit(lambda carry, batches: lax.scan(train, carry, batches), donate_argnums=0),
-      evaluate=jax.jit(evaluate, donate_argnums=0),
-      new_metrics=jax.jit(lambda: packing.pack(collection.init())),
-      new_tally=jax.jit(lambda: Tally(loss_metric.init(), collection.init())),
-      metric_values=jax.jit(lambda packed: collection.compute(packing.unpack(packed))),
-      tally_values=jax.jit(tally_values),
+    train=jax.jit(train, donate_argnums=0),
+    train_scan=jax.jit(lambda carry, batches: lax.scan(train, carry, batches), donate_argnums=0),
+    evaluate=jax.jit(evaluate, donate_argnums=0),
+    new_metrics=jax.jit(lambda: packing.pack(collection.init())),
+    new_tally=jax.jit(lambda: Tally(loss_metric.init(), collection.init())),
+    metric_values=jax.jit(lambda packed: collection.compute(packing.unpack(packed))),
+    tally_values=jax.jit(tally_values),
   )
 
 
@@ -207,8 +213,8 @@ class _Packing:
 
   def unpack(self, packed: PackedMetrics) -> PyTree:
     leaves = [
-        packed[name][start : start + int(np.prod(shape, dtype=np.int64))].reshape(shape)
-        for name, start, shape in self._layout
+      packed[name][start : start + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+      for name, start, shape in self._layout
     ]
     return jax.tree.unflatten(self._treedef, leaves)
 
@@ -218,8 +224,8 @@ def _unpack(batch: BatchData) -> tuple[tuple[PyTree, PyTree], Array]:
   data, mask = batch
   if not isinstance(data, (tuple, list)) or len(data) != 2:
     raise ValueError(
-        "The loader's data must be an (inputs, targets) pair, e.g. DataLoader((x, y), batch_size=...); "
-        f"got {jax.tree.structure(data)}."
+      "The loader's data must be an (inputs, targets) pair, e.g. DataLoader((x, y), batch_size=...); "
+      f"got {jax.tree.structure(data)}."
     )
   return (data[0], data[1]), mask
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from gradcore_jax import _checks
-from gradcore_jax._typing import Array, PyTree, Scalar, ScalarOrSchedule
+from gradcore_jax._typing import Array
+from gradcore_jax._typing import PyTree
+from gradcore_jax._typing import Scalar
+from gradcore_jax._typing import ScalarOrSchedule
 from gradcore_jax.transforms._formulas import as_float
 from gradcore_jax.transforms._formulas import increment
 from gradcore_jax.transforms._formulas import map_state
@@ -30,14 +34,14 @@ class ScaleByAsgdState(NamedTuple):
   average of the parameters, shaped like them: read it with `asgd_average(state)`.
   """
 
-  count: Array
+  count: Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's field name, shadows tuple.count)
   eta: Array
   mu: Array
   ax: PyTree
 
 
 def scale_by_asgd(
-    learning_rate: ScalarOrSchedule = 1e-2, lambd: Scalar = 1e-4, alpha: Scalar = 0.75, t0: Scalar = 1e6
+  learning_rate: ScalarOrSchedule = 1e-2, lambd: Scalar = 1e-4, alpha: Scalar = 0.75, t0: Scalar = 1e6
 ) -> GradientTransformation:
   """Torch's ASGD step (Polyak & Juditsky, 1992), with its step-size decay and parameter average.
 
@@ -70,10 +74,10 @@ def scale_by_asgd(
   def init_fn(params):
     dtype = jnp.result_type(float)
     return ScaleByAsgdState(
-        count=zero_count(),
-        eta=jnp.asarray(value_at(learning_rate, zero_count())).astype(dtype),
-        mu=jnp.ones([], dtype),
-        ax=zeros_like(params),
+      count=zero_count(),
+      eta=jnp.asarray(value_at(learning_rate, zero_count())).astype(dtype),
+      mu=jnp.ones([], dtype),
+      ax=zeros_like(params),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -90,7 +94,7 @@ def scale_by_asgd(
     next_eta = lr / (1 + lambd * lr * step) ** alpha
     next_mu = 1 / jnp.maximum(1, step - t0)
     return direction, ScaleByAsgdState(
-        count=count, eta=jnp.asarray(next_eta).astype(eta.dtype), mu=jnp.asarray(next_mu).astype(mu.dtype), ax=ax
+      count=count, eta=jnp.asarray(next_eta).astype(eta.dtype), mu=jnp.asarray(next_mu).astype(mu.dtype), ax=ax
     )
 
   return GradientTransformation(init_fn, update_fn)
@@ -114,13 +118,13 @@ def asgd_average(state: Any) -> PyTree:
     ValueError: if `state` holds no ASGD state, or more than one.
   """
   found = [
-      node
-      for node in jax.tree.leaves(state, is_leaf=lambda node: isinstance(node, ScaleByAsgdState))
-      if isinstance(node, ScaleByAsgdState)
+    node
+    for node in jax.tree.leaves(state, is_leaf=lambda node: isinstance(node, ScaleByAsgdState))
+    if isinstance(node, ScaleByAsgdState)
   ]
   if len(found) != 1:
     raise ValueError(
-        f"asgd_average needs a state holding exactly one ScaleByAsgdState (from gcj.asgd or "
-        f"gcj.transforms.scale_by_asgd), found {len(found)}."
+      f"asgd_average needs a state holding exactly one ScaleByAsgdState (from gcj.asgd or "
+      f"gcj.transforms.scale_by_asgd), found {len(found)}."
     )
   return found[0].ax

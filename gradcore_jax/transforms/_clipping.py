@@ -13,11 +13,14 @@ import math
 from typing import NamedTuple
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import optax
 
 from gradcore_jax import _checks
-from gradcore_jax._typing import Array, PyTree, Scalar
+from gradcore_jax._typing import Array
+from gradcore_jax._typing import PyTree
+from gradcore_jax._typing import Scalar
 from gradcore_jax.transforms._formulas import map_updates
 
 GradientTransformation = optax.GradientTransformationExtraArgs
@@ -79,7 +82,9 @@ class ClipGradNormState(NamedTuple):
   total_norm: Array
 
 
-def clip_grad_norm(max_norm: Scalar, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> GradientTransformation:
+def clip_grad_norm(
+  max_norm: Scalar, norm_type: float = 2.0, error_if_nonfinite: bool = False
+) -> GradientTransformation:
   """`torch.nn.utils.clip_grad_norm_` as a block to chain in front of an optimizer.
 
   `coef = min(1, max_norm / (total_norm + 1e-6))`, `g <- coef * g`, where `total_norm` is
@@ -113,8 +118,8 @@ def clip_grad_norm(max_norm: Scalar, norm_type: float = 2.0, error_if_nonfinite:
       if not isinstance(norm, jax.core.Tracer):
         if not bool(finite):
           raise FloatingPointError(
-              f"The total norm of order {norm_type} of the gradients is {float(norm)}; clip_grad_norm was "
-              "built with error_if_nonfinite=True."
+            f"The total norm of order {norm_type} of the gradients is {float(norm)}; clip_grad_norm was "
+            "built with error_if_nonfinite=True."
           )
       else:
         clipped = map_updates(lambda g: jnp.where(finite, g, jnp.nan), clipped)
@@ -138,4 +143,3 @@ def clip_grad_value(clip_value: Scalar) -> GradientTransformation:
     return map_updates(lambda g: jnp.clip(g, -clip_value, clip_value), updates), state
 
   return GradientTransformation(optax.init_empty_state, update_fn)
-

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Callable
+from typing import Optional
+from typing import Union
 
 import optax
 
 from gradcore_jax import _checks
-from gradcore_jax._typing import Array, PyTree, Scalar, ScalarOrSchedule
+from gradcore_jax._typing import Array
+from gradcore_jax._typing import PyTree
+from gradcore_jax._typing import Scalar
+from gradcore_jax._typing import ScalarOrSchedule
 from gradcore_jax.transforms._formulas import as_float
 from gradcore_jax.transforms._formulas import map_updates
 
 GradientTransformation = optax.GradientTransformationExtraArgs
+
 
 def _add_scaled_params(weight_decay: Scalar, block: str) -> GradientTransformation:
   _checks.check_non_negative("weight_decay", weight_decay)
@@ -35,7 +41,7 @@ def coupled_weight_decay(weight_decay: Scalar) -> GradientTransformation:
 
 
 def decoupled_weight_decay(
-    weight_decay: Scalar, mask: Optional[Union[PyTree, Callable[[PyTree], PyTree]]] = None
+  weight_decay: Scalar, mask: Optional[Union[PyTree, Callable[[PyTree], PyTree]]] = None
 ) -> GradientTransformation:
   """Decoupled weight decay (AdamW), `u <- u + weight_decay * p`, applied *after* preconditioning.
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 
 from gradcore_jax import _checks
 from gradcore_jax._typing import Array, PyTree, Scalar, ScalarOrSchedule
@@ -89,17 +91,10 @@ def scale_by_adafactor(
   check_adafactor_hyperparameters(beta2_decay, eps1, eps2, d)
 
   def init_fn(params):
-    def factored(p, keep_row: bool):
-      if jnp.ndim(p) < 2:
-        return None
-      shape = list(jnp.shape(p))
-      shape[-1 if keep_row else -2] = 1
-      return jnp.zeros(shape, p.dtype)
-
     return ScaleByAdafactorState(
         count=zero_count(),
-        row_var=jax.tree.map(lambda p: factored(p, True), params),
-        col_var=jax.tree.map(lambda p: factored(p, False), params),
+        row_var=jax.tree.map(lambda p: _factored_zeros(p, -1), params),
+        col_var=jax.tree.map(lambda p: _factored_zeros(p, -2), params),
         variance=jax.tree.map(lambda p: jnp.zeros_like(p) if jnp.ndim(p) < 2 else None, params),
     )
 
@@ -149,6 +144,32 @@ def scale_by_adafactor(
   return GradientTransformation(init_fn, update_fn)
 
 
+def _factored_zeros(p: Any, axis: int) -> Optional[Array]:
+  """Zeros for the statistic of `p` averaged over `axis` (kept as a size-1 axis); None below 2-D.
+
+  The statistic keeps `p`'s sharding over the axes it keeps, and is replicated along `axis`:
+  the row statistic `(..., m, 1)` of a matrix sharded by rows is sharded by rows too, its
+  column statistic `(..., 1, n)` replicated. (`jnp.zeros` alone would replicate both, and under
+  `jax.sharding.AxisType.Explicit` a state whose sharding changes at the first update cannot
+  be carried through `lax.scan` or `lax.cond`.) Works on arrays, tracers and `ShapeDtypeStruct`s.
+  """
+  if jnp.ndim(p) < 2:
+    return None
+  shape = list(jnp.shape(p))
+  shape[axis] = 1
+  return jax.lax.full(shape, 0, p.dtype, sharding=_kept_axes_sharding(p, axis))
+
+
+def _kept_axes_sharding(p: Any, axis: int) -> Optional[NamedSharding]:
+  """`p`'s `NamedSharding` with `axis` unsharded, or None (the default placement) when it has none."""
+  sharding = jax.typeof(p).sharding if isinstance(p, jax.core.Tracer) else getattr(p, "sharding", None)
+  if not isinstance(sharding, NamedSharding):
+    return None
+  spec = [*sharding.spec, *([None] * (jnp.ndim(p) - len(sharding.spec)))]
+  spec[axis] = None
+  return NamedSharding(sharding.mesh, PartitionSpec(*spec))
+
+
 def _leaf_shapes(state: ScaleByAdafactorState) -> PyTree:
   """The shape of each leaf the state was built for: `variance`'s, or rows x columns of `row_var`/`col_var`."""
 
@@ -185,5 +206,6 @@ def _squared_norm(g: Array, axis: int) -> Array:
 
 def _rms(x: Array) -> Array:
   """`norm(x) / sqrt(x.size)` over the whole leaf, the norm rounded to `x`'s dtype as torch's is."""
-  norm = jnp.linalg.norm(jnp.ravel(x).astype(_accumulation_dtype(x.dtype))).astype(x.dtype)
+  # Over all axes at once, not over a raveled copy: a reshape of a sharded array needs its output sharding spelled out.
+  norm = jnp.linalg.norm(x.astype(_accumulation_dtype(x.dtype))).astype(x.dtype)
   return norm / math.sqrt(max(x.size, 1))

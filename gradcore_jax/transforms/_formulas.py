@@ -4,16 +4,22 @@ average, the leaf maps that keep dtypes and `None` gradients) written once, used
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Any
+from typing import Callable
+from typing import Optional
+from typing import Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from gradcore_jax import _checks
-from gradcore_jax._typing import Array, PyTree, Scalar
+from gradcore_jax._typing import Array
+from gradcore_jax._typing import PyTree
+from gradcore_jax._typing import Scalar
 
 GradientTransformation = optax.GradientTransformationExtraArgs
+
 
 def bias_correction(decay: Scalar, count: Array) -> Array:
   """Adam's bias correction `1 - decay**t` for the 1-based step `t = count`.
@@ -29,7 +35,7 @@ def power(base: Scalar, exponent: Array) -> Array:
   return jnp.exp(as_float(exponent) * host_log(base))
 
 
-def host_log(value: Scalar) -> Array:
+def host_log(value: Scalar) -> Union[float, Array]:
   """`log(value)`, taken in double precision on the host when `value` is a Python number.
 
   Torch evaluates its scalar coefficients (bias corrections, NAdam's momentum schedule,
@@ -99,21 +105,21 @@ def map_updates(fn: Callable[..., Array], updates: PyTree, *trees: PyTree) -> Py
   never promote bf16/f16 updates.
   """
   return jax.tree.map(
-      lambda g, *rest: None if g is None else fn(g, *rest).astype(g.dtype),
-      updates,
-      *trees,
-      is_leaf=is_none,
+    lambda g, *rest: None if g is None else fn(g, *rest).astype(g.dtype),
+    updates,
+    *trees,
+    is_leaf=is_none,
   )
 
 
 def map_state(fn: Callable[..., Array], updates: PyTree, state: PyTree, *trees: PyTree) -> PyTree:
   """Maps `fn(g, s, *others)` to a new state leaf; a `None` gradient keeps the old leaf."""
   return jax.tree.map(
-      lambda g, s, *rest: s if g is None else fn(g, s, *rest).astype(s.dtype),
-      updates,
-      state,
-      *trees,
-      is_leaf=is_none,
+    lambda g, s, *rest: s if g is None else fn(g, s, *rest).astype(s.dtype),
+    updates,
+    state,
+    *trees,
+    is_leaf=is_none,
   )
 
 
@@ -122,7 +128,7 @@ def is_none(x: Any) -> bool:
 
 
 def increment(count: Array) -> Array:
-  return optax.safe_increment(count)
+  return jnp.asarray(optax.safe_increment(count))  # optax annotates it as ArrayLike
 
 
 def zero_count() -> Array:

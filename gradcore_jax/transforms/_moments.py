@@ -2,34 +2,38 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from gradcore_jax import _checks
-from gradcore_jax._typing import Array, PyTree, Scalar, ScalarOrSchedule
+from gradcore_jax._typing import Array
+from gradcore_jax._typing import PyTree
+from gradcore_jax._typing import Scalar
+from gradcore_jax._typing import ScalarOrSchedule
 from gradcore_jax.transforms._formulas import as_float
+from gradcore_jax.transforms._formulas import bias_correction
 from gradcore_jax.transforms._formulas import ema
-from gradcore_jax.transforms._formulas import increment
 from gradcore_jax.transforms._formulas import host_log
+from gradcore_jax.transforms._formulas import increment
 from gradcore_jax.transforms._formulas import map_state
 from gradcore_jax.transforms._formulas import map_updates
 from gradcore_jax.transforms._formulas import power
-from gradcore_jax.transforms._formulas import zero_count
-from gradcore_jax.transforms._formulas import value_at
-from gradcore_jax.transforms._formulas import zeros_like
-from gradcore_jax.transforms._formulas import bias_correction
 from gradcore_jax.transforms._formulas import rms_denominator
+from gradcore_jax.transforms._formulas import value_at
+from gradcore_jax.transforms._formulas import zero_count
+from gradcore_jax.transforms._formulas import zeros_like
 
 GradientTransformation = optax.GradientTransformationExtraArgs
+
 
 class ScaleByRmsState(NamedTuple):
   """`grad_avg` is `None` unless the block is centered."""
 
   square_avg: PyTree
-  grad_avg: Optional[PyTree]
+  grad_avg: PyTree  # None (an empty pytree) unless centered
 
 
 def scale_by_rms(alpha: Scalar = 0.99, eps: Scalar = 1e-8, centered: bool = False) -> GradientTransformation:
@@ -74,10 +78,10 @@ def _variance(square_avg: Array, grad_avg: Array) -> Array:
 class ScaleByAdamState(NamedTuple):
   """`nu_max` is `None` unless `amsgrad`."""
 
-  count: Array
+  count: Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's field name, shadows tuple.count)
   mu: PyTree
   nu: PyTree
-  nu_max: Optional[PyTree]
+  nu_max: PyTree  # None (an empty pytree) unless amsgrad
 
 
 def _check_betas(b1: ScalarOrSchedule, b2: Scalar, eps: Scalar) -> None:
@@ -94,7 +98,7 @@ def _first_and_second_moments(updates: PyTree, mu: PyTree, nu: PyTree, b1: Scala
 
 
 def scale_by_adam(
-    b1: ScalarOrSchedule = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8, amsgrad: bool = False
+  b1: ScalarOrSchedule = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8, amsgrad: bool = False
 ) -> GradientTransformation:
   """Torch's Adam direction (Kingma & Ba, 2015).
 
@@ -107,10 +111,10 @@ def scale_by_adam(
 
   def init_fn(params):
     return ScaleByAdamState(
-        count=zero_count(),
-        mu=zeros_like(params),
-        nu=zeros_like(params),
-        nu_max=zeros_like(params) if amsgrad else None,
+      count=zero_count(),
+      mu=zeros_like(params),
+      nu=zeros_like(params),
+      nu_max=zeros_like(params) if amsgrad else None,
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -122,7 +126,7 @@ def scale_by_adam(
     nu_max = map_state(lambda g, vmax, v: jnp.maximum(vmax, v), updates, state.nu_max, nu) if amsgrad else None
     bc1, bc2 = bias_correction(b1_t, count), bias_correction(b2, count)
     updates = map_updates(
-        lambda g, m, v: (m / bc1) / rms_denominator(v, eps, bc2), updates, mu, nu_max if amsgrad else nu
+      lambda g, m, v: (m / bc1) / rms_denominator(v, eps, bc2), updates, mu, nu_max if amsgrad else nu
     )
     return updates, ScaleByAdamState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
@@ -130,7 +134,7 @@ def scale_by_adam(
 
 
 class ScaleByAdamaxState(NamedTuple):
-  count: Array
+  count: Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's field name, shadows tuple.count)
   mu: PyTree
   inf_norm: PyTree
 
@@ -162,14 +166,14 @@ def scale_by_adamax(b1: ScalarOrSchedule = 0.9, b2: Scalar = 0.999, eps: Scalar 
 class ScaleByNadamState(NamedTuple):
   """`mu_product` is the running product of the momentum schedule, `prod_{i<=t} mu_i`."""
 
-  count: Array
+  count: Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's field name, shadows tuple.count)
   mu_product: Array
   mu: PyTree
   nu: PyTree
 
 
 def scale_by_nadam(
-    b1: ScalarOrSchedule = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8, momentum_decay: Scalar = 4e-3
+  b1: ScalarOrSchedule = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8, momentum_decay: Scalar = 4e-3
 ) -> GradientTransformation:
   """Torch's NAdam direction (Dozat, 2016), with its momentum-decay schedule.
 
@@ -186,10 +190,10 @@ def scale_by_nadam(
 
   def init_fn(params):
     return ScaleByNadamState(
-        count=zero_count(),
-        mu_product=jnp.ones([], jnp.asarray(1.0).dtype),
-        mu=zeros_like(params),
-        nu=zeros_like(params),
+      count=zero_count(),
+      mu_product=jnp.ones([], jnp.asarray(1.0).dtype),
+      mu=zeros_like(params),
+      nu=zeros_like(params),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -216,7 +220,7 @@ def scale_by_nadam(
 
 
 class ScaleByRadamState(NamedTuple):
-  count: Array
+  count: Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's field name, shadows tuple.count)
   mu: PyTree
   nu: PyTree
 
@@ -291,7 +295,7 @@ def scale_by_adagrad(initial_accumulator_value: Scalar = 0.0, eps: Scalar = 1e-1
 
   def init_fn(params):
     return ScaleByAdagradState(
-        sum_of_squares=jax.tree.map(lambda p: jnp.full_like(p, initial_accumulator_value), params)
+      sum_of_squares=jax.tree.map(lambda p: jnp.full_like(p, initial_accumulator_value), params)
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -328,7 +332,7 @@ def scale_by_adadelta(rho: Scalar = 0.9, eps: Scalar = 1e-6) -> GradientTransfor
     _checks.check_tree_matches(updates, state.square_avg, what="the Adadelta state")
     square_avg = map_state(lambda g, v: ema(v, g * g, rho), updates, state.square_avg)
     deltas = map_updates(
-        lambda g, v, u: jnp.sqrt(u + eps) / jnp.sqrt(v + eps) * g, updates, square_avg, state.acc_delta
+      lambda g, v, u: jnp.sqrt(u + eps) / jnp.sqrt(v + eps) * g, updates, square_avg, state.acc_delta
     )
     acc_delta = map_state(lambda d, u: ema(u, d * d, rho), deltas, state.acc_delta)
     return deltas, ScaleByAdadeltaState(square_avg=square_avg, acc_delta=acc_delta)

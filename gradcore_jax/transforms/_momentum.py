@@ -8,7 +8,10 @@ import jax.numpy as jnp
 import optax
 
 from gradcore_jax import _checks
-from gradcore_jax._typing import Array, PyTree, Scalar, ScalarOrSchedule
+from gradcore_jax._typing import Array
+from gradcore_jax._typing import PyTree
+from gradcore_jax._typing import Scalar
+from gradcore_jax._typing import ScalarOrSchedule
 from gradcore_jax.transforms._formulas import ema
 from gradcore_jax.transforms._formulas import increment
 from gradcore_jax.transforms._formulas import map_state
@@ -19,15 +22,16 @@ from gradcore_jax.transforms._formulas import zeros_like
 
 GradientTransformation = optax.GradientTransformationExtraArgs
 
+
 class TorchMomentumState(NamedTuple):
   """`count` distinguishes torch's first step, where the buffer is set to the gradient."""
 
-  count: Array
+  count: Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's field name, shadows tuple.count)
   momentum_buffer: PyTree
 
 
 def torch_momentum(
-    momentum: ScalarOrSchedule, dampening: Scalar = 0.0, nesterov: bool = False
+  momentum: ScalarOrSchedule, dampening: Scalar = 0.0, nesterov: bool = False
 ) -> GradientTransformation:
   """Torch's SGD momentum trace.
 
@@ -45,8 +49,7 @@ def torch_momentum(
   _checks.check_non_negative("dampening", dampening)
   if nesterov and (_checks.is_static_zero(momentum) or (_checks.is_number(dampening) and dampening != 0)):
     raise ValueError(
-        f"nesterov=True requires momentum > 0 and dampening == 0, got momentum={momentum!r}, "
-        f"dampening={dampening!r}."
+      f"nesterov=True requires momentum > 0 and dampening == 0, got momentum={momentum!r}, dampening={dampening!r}."
     )
 
   def init_fn(params):
@@ -58,9 +61,9 @@ def torch_momentum(
     first_step = state.count == 0
     momentum_t = value_at(momentum, state.count)
     buffer = map_state(
-        lambda g, b: jnp.where(first_step, g, momentum_t * b + (1 - dampening) * g),
-        updates,
-        state.momentum_buffer,
+      lambda g, b: jnp.where(first_step, g, momentum_t * b + (1 - dampening) * g),
+      updates,
+      state.momentum_buffer,
     )
     if nesterov:
       updates = map_updates(lambda g, b: g + momentum_t * b, updates, buffer)

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec
 
 from gradcore_jax import _checks
 from gradcore_jax._typing import Array, PyTree, Scalar
@@ -41,6 +42,8 @@ def newton_schulz(
   Every product accumulates in float32 and every intermediate is rounded to bfloat16, as
   torch's CPU kernels do (`addmm` rounds `beta*C + alpha*A@B` once). The result is bfloat16
   and approximates `U V^T` of the SVD `x = U S V^T` (singular values land near 0.7-1.2).
+  A matrix sharded over an Explicit mesh axis is gathered (`jax.sharding.reshard`) for the
+  iteration and the result sharded back like `x`.
 
   Args:
     x: a 2-D array.
@@ -55,6 +58,9 @@ def newton_schulz(
     raise ValueError(f"newton_schulz orthogonalises 2-D matrices only, got shape {jnp.shape(x)}.")
   a, b, c = (jnp.asarray(v).astype(jnp.float32) for v in _check_coefficients(ns_coefficients))
   ortho = jnp.asarray(x).astype(jnp.bfloat16)
+  spec = _explicit_spec(ortho)
+  if spec is not None:
+    ortho = jax.sharding.reshard(ortho, PartitionSpec())
   transposed = ortho.shape[0] > ortho.shape[1]
   if transposed:
     ortho = ortho.T
@@ -68,7 +74,22 @@ def newton_schulz(
     return _bf16(a * ortho.astype(jnp.float32) + _matmul(gram_update, ortho))
 
   ortho = jax.lax.fori_loop(0, ns_steps, iteration, ortho)
-  return ortho.T if transposed else ortho
+  ortho = ortho.T if transposed else ortho
+  return ortho if spec is None else jax.sharding.reshard(ortho, spec)
+
+
+def _explicit_spec(x: Array) -> Optional[PartitionSpec]:
+  """The `PartitionSpec` in `x`'s type when it shards `x` over an Explicit mesh axis, else None.
+
+  Under `jax.sharding.AxisType.Explicit` the products `X X^T` of a matrix sharded by rows
+  would be sharded over both axes by one mesh axis, which JAX refuses; `newton_schulz`
+  gathers such a matrix first and shards the result back. (Under Auto axes the type
+  carries no sharding and XLA places the products itself.)
+  """
+  spec = getattr(jax.typeof(x).sharding, "spec", None)
+  if spec is None or all(entry is None for entry in spec):
+    return None
+  return spec
 
 
 def _matmul(x: Array, y: Array) -> Array:

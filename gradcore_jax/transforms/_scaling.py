@@ -8,12 +8,14 @@ import jax.numpy as jnp
 import optax
 
 from gradcore_jax import _checks
-from gradcore_jax._typing import Array, ScalarOrSchedule
+from gradcore_jax._typing import Array
+from gradcore_jax._typing import ScalarOrSchedule
 from gradcore_jax.transforms._formulas import increment
 from gradcore_jax.transforms._formulas import map_updates
 from gradcore_jax.transforms._formulas import zero_count
 
 GradientTransformation = optax.GradientTransformationExtraArgs
+
 
 def maximize() -> GradientTransformation:
   """Negates the gradient, `g <- -g`, so the chain ascends (torch's `maximize=True`)."""
@@ -25,11 +27,10 @@ def maximize() -> GradientTransformation:
   return GradientTransformation(optax.init_empty_state, update_fn)
 
 
-
 class ScaleByLearningRateState(NamedTuple):
   """Step counter fed to a learning-rate schedule."""
 
-  count: Array
+  count: Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's field name, shadows tuple.count)
 
 
 def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransformation:

@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import optax
 
 from gradcore_jax import _checks
-from gradcore_jax._typing import Array, PyTree, Scalar
+from gradcore_jax._typing import Array
+from gradcore_jax._typing import PyTree
+from gradcore_jax._typing import Scalar
 from gradcore_jax.transforms._formulas import map_state
 from gradcore_jax.transforms._formulas import map_updates
 from gradcore_jax.transforms._formulas import zeros_like
@@ -26,7 +28,7 @@ class ScaleByRpropState(NamedTuple):
 
 
 def check_rprop_hyperparameters(
-    initial_step_size: Scalar, eta_minus: Scalar, eta_plus: Scalar, min_step_size: Scalar, max_step_size: Scalar
+  initial_step_size: Scalar, eta_minus: Scalar, eta_plus: Scalar, min_step_size: Scalar, max_step_size: Scalar
 ) -> None:
   """Torch's Rprop check `0 < eta_minus < 1 < eta_plus`, and `0 <= min_step_size <= max_step_size`.
 
@@ -49,11 +51,11 @@ def check_rprop_hyperparameters(
 
 
 def scale_by_rprop(
-    initial_step_size: Scalar = 1e-2,
-    eta_minus: Scalar = 0.5,
-    eta_plus: Scalar = 1.2,
-    min_step_size: Scalar = 1e-6,
-    max_step_size: Scalar = 50.0,
+  initial_step_size: Scalar = 1e-2,
+  eta_minus: Scalar = 0.5,
+  eta_plus: Scalar = 1.2,
+  min_step_size: Scalar = 1e-6,
+  max_step_size: Scalar = 50.0,
 ) -> GradientTransformation:
   """Torch's Rprop direction (Riedmiller & Braun, 1993), as `torch.optim.Rprop` computes it.
 
@@ -82,8 +84,8 @@ def scale_by_rprop(
 
   def init_fn(params):
     return ScaleByRpropState(
-        prev=zeros_like(params),
-        step_size=jax.tree.map(lambda p: jnp.full_like(p, initial_step_size), params),
+      prev=zeros_like(params),
+      step_size=jax.tree.map(lambda p: jnp.full_like(p, initial_step_size), params),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
