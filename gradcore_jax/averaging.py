@@ -15,14 +15,18 @@ advancing it never retraces.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Callable
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from gradcore_jax import _checks
-from gradcore_jax._typing import Array, PyTree, Scalar
+from gradcore_jax._typing import Array
+from gradcore_jax._typing import PyTree
+from gradcore_jax._typing import Scalar
 from gradcore_jax.transforms._formulas import lerp
 
 AvgFn = Callable[[Array, Array, Array], Array]
@@ -75,9 +79,9 @@ def init(params: PyTree, model_state: PyTree = None, *, dtype: Optional[jnp.dtyp
     return jnp.copy(leaf)
 
   return AveragedState(
-      params=jax.tree.map(copy, params),
-      model_state=None if model_state is None else jax.tree.map(copy, model_state),
-      n_averaged=jnp.zeros([], jnp.int32),
+    params=jax.tree.map(copy, params),
+    model_state=None if model_state is None else jax.tree.map(copy, model_state),
+    n_averaged=jnp.zeros([], jnp.int32),
   )
 
 
@@ -86,7 +90,8 @@ def swa() -> AvgFn:
 
   `avg <- avg + (p - avg) / (n + 1)` where `n` updates were already averaged, so after `N`
   updates `avg` is the plain mean of the `N` params given. This is the formula torch runs on
-  CPU (`get_swa_avg_fn`); on CUDA torch uses `avg.lerp_(p, 1/(n+1))`, which agrees to rounding. Integer leaves (a BatchNorm step counter under `use_buffers=True`) are
+  CPU (`get_swa_avg_fn`); on CUDA torch uses `avg.lerp_(p, 1/(n+1))`, which agrees to rounding.
+  Integer leaves (a BatchNorm step counter under `use_buffers=True`) are
   averaged in float32 and truncated toward zero, as torch's `copy_` into a long tensor does.
 
   Returns:
@@ -145,12 +150,12 @@ def ema(decay: Scalar = 0.999) -> AvgFn:
 
 
 def update(
-    averaged: AveragedState,
-    params: PyTree,
-    model_state: PyTree = None,
-    *,
-    avg_fn: Optional[AvgFn] = None,
-    use_buffers: bool = False,
+  averaged: AveragedState,
+  params: PyTree,
+  model_state: PyTree = None,
+  *,
+  avg_fn: Optional[AvgFn] = None,
+  use_buffers: bool = False,
 ) -> AveragedState:
   """One `AveragedModel.update_parameters(model)`: folds `params` into the average.
 
@@ -181,7 +186,7 @@ def update(
   """
   if not isinstance(averaged, AveragedState):
     raise TypeError(
-        f"averaged must be the AveragedState returned by gcj.averaging.init/update, got {type(averaged).__name__}."
+      f"averaged must be the AveragedState returned by gcj.averaging.init/update, got {type(averaged).__name__}."
     )
   if avg_fn is None:
     avg_fn = swa()
@@ -225,18 +230,20 @@ def _check_matches(name: str, tree: PyTree, reference: PyTree) -> None:
     extra = [path for path in got_paths if path not in set(want_paths)]
     missing = [path for path in want_paths if path not in set(got_paths)]
     detail = (
-        f"{extra[0] or '<root>'} is not in the average" if extra
-        else f"the average's {missing[0] or '<root>'} is missing" if missing
-        else f"different containers ({jax.tree.structure(tree)} vs {jax.tree.structure(reference)})"
+      f"{extra[0] or '<root>'} is not in the average"
+      if extra
+      else f"the average's {missing[0] or '<root>'} is missing"
+      if missing
+      else f"different containers ({jax.tree.structure(tree)} vs {jax.tree.structure(reference)})"
     )
     raise ValueError(f"{name} does not match the tree of the average: {detail}.")
-  for (path, leaf), (_, ref) in zip(got, want):
+  for (path, leaf), (_, ref) in zip(got, want, strict=True):
     if leaf is None:
       raise ValueError(f"{name} has None at {jax.tree_util.keystr(path) or '<root>'}; every leaf needs a value.")
     if jnp.shape(leaf) != jnp.shape(ref):
       raise ValueError(
-          f"{name} at {jax.tree_util.keystr(path) or '<root>'} has shape {jnp.shape(leaf)}, but the average "
-          f"there has shape {jnp.shape(ref)}."
+        f"{name} at {jax.tree_util.keystr(path) or '<root>'} has shape {jnp.shape(leaf)}, but the average "
+        f"there has shape {jnp.shape(ref)}."
       )
 
 

@@ -50,7 +50,7 @@ def with_state_dtype(tx: optax.GradientTransformation, dtype: Any = jnp.float32)
     TypeError: `tx` is not a `GradientTransformation`, or `dtype` is not a floating dtype.
   """
   if not isinstance(tx, optax.GradientTransformation) and not (
-      callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))
+    callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))
   ):
     raise TypeError(f"tx must be an optax GradientTransformation (with init and update), got {type(tx).__name__}.")
   try:

@@ -50,12 +50,12 @@ from gradcore_jax.torch_state._registry import TorchOptimizer
 from gradcore_jax.torch_state._registry import register_state_converter
 
 __all__ = [
-    "Layout",
-    "REQUIRED",
-    "StateConverter",
-    "TorchOptimizer",
-    "flax_kernel_layout",
-    "from_torch_state_dict",
-    "register_state_converter",
-    "to_torch_state_dict",
+  "Layout",
+  "REQUIRED",
+  "StateConverter",
+  "TorchOptimizer",
+  "flax_kernel_layout",
+  "from_torch_state_dict",
+  "register_state_converter",
+  "to_torch_state_dict",
 ]

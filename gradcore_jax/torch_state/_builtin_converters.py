@@ -6,7 +6,9 @@ Importing this module registers them; every module that needs the registry fille
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any
+from typing import Mapping
+from typing import Optional
 
 import numpy as np
 
@@ -40,93 +42,152 @@ _NOT_FUSED = {"foreach": None, "differentiable": False, "fused": None}
 _NOT_CAPTURED = {"foreach": None, "capturable": False, "differentiable": False}
 
 SGD = TorchOptimizer(
-    "SGD",
-    keys={"lr": REQUIRED, "momentum": REQUIRED, "dampening": REQUIRED, "weight_decay": REQUIRED, "nesterov": False,
-          "maximize": False},
-    extras=_NOT_FUSED,
-    records_step=False,
-    factories={optimizers.sgd: {}},
-    structure=_momentum_structure,
+  "SGD",
+  keys={
+    "lr": REQUIRED,
+    "momentum": REQUIRED,
+    "dampening": REQUIRED,
+    "weight_decay": REQUIRED,
+    "nesterov": False,
+    "maximize": False,
+  },
+  extras=_NOT_FUSED,
+  records_step=False,
+  factories={optimizers.sgd: {}},
+  structure=_momentum_structure,
 )
 RMSPROP = TorchOptimizer(
-    "RMSprop",
-    keys={"lr": REQUIRED, "alpha": REQUIRED, "eps": REQUIRED, "weight_decay": REQUIRED, "momentum": 0,
-          "centered": False, "maximize": False},
-    extras=_NOT_CAPTURED,
-    factories={optimizers.rmsprop: {}},
-    structure=_rmsprop_structure,
+  "RMSprop",
+  keys={
+    "lr": REQUIRED,
+    "alpha": REQUIRED,
+    "eps": REQUIRED,
+    "weight_decay": REQUIRED,
+    "momentum": 0,
+    "centered": False,
+    "maximize": False,
+  },
+  extras=_NOT_CAPTURED,
+  factories={optimizers.rmsprop: {}},
+  structure=_rmsprop_structure,
 )
 ADAM = TorchOptimizer(
-    "Adam/AdamW",
-    keys={"lr": REQUIRED, "betas": REQUIRED, "eps": REQUIRED, "weight_decay": REQUIRED, "amsgrad": False,
-          "maximize": False, "decoupled_weight_decay": False},
-    extras={**_NOT_CAPTURED, "fused": None},
-    factories={optimizers.adam: {"decoupled_weight_decay": False}, optimizers.adamw: {"decoupled_weight_decay": True}},
-    structure=_adam_structure,
-    no_counterpart=("mask",),
+  "Adam/AdamW",
+  keys={
+    "lr": REQUIRED,
+    "betas": REQUIRED,
+    "eps": REQUIRED,
+    "weight_decay": REQUIRED,
+    "amsgrad": False,
+    "maximize": False,
+    "decoupled_weight_decay": False,
+  },
+  extras={**_NOT_CAPTURED, "fused": None},
+  factories={optimizers.adam: {"decoupled_weight_decay": False}, optimizers.adamw: {"decoupled_weight_decay": True}},
+  structure=_adam_structure,
+  no_counterpart=("mask",),
 )
 ADAGRAD = TorchOptimizer(
-    "Adagrad",
-    keys={"lr": REQUIRED, "lr_decay": REQUIRED, "weight_decay": REQUIRED, "initial_accumulator_value": REQUIRED,
-          "eps": REQUIRED, "maximize": False},
-    extras=_NOT_FUSED,
-    eager=True,
-    factories={optimizers.adagrad: {}},
+  "Adagrad",
+  keys={
+    "lr": REQUIRED,
+    "lr_decay": REQUIRED,
+    "weight_decay": REQUIRED,
+    "initial_accumulator_value": REQUIRED,
+    "eps": REQUIRED,
+    "maximize": False,
+  },
+  extras=_NOT_FUSED,
+  eager=True,
+  factories={optimizers.adagrad: {}},
 )
 ADADELTA = TorchOptimizer(
-    "Adadelta",
-    keys={"lr": REQUIRED, "rho": REQUIRED, "eps": REQUIRED, "weight_decay": REQUIRED, "maximize": False},
-    extras=_NOT_CAPTURED,
-    factories={optimizers.adadelta: {}},
+  "Adadelta",
+  keys={"lr": REQUIRED, "rho": REQUIRED, "eps": REQUIRED, "weight_decay": REQUIRED, "maximize": False},
+  extras=_NOT_CAPTURED,
+  factories={optimizers.adadelta: {}},
 )
 ADAMAX = TorchOptimizer(
-    "Adamax",
-    keys={"lr": REQUIRED, "betas": REQUIRED, "eps": REQUIRED, "weight_decay": REQUIRED, "maximize": False},
-    extras=_NOT_CAPTURED,
-    factories={optimizers.adamax: {}},
+  "Adamax",
+  keys={"lr": REQUIRED, "betas": REQUIRED, "eps": REQUIRED, "weight_decay": REQUIRED, "maximize": False},
+  extras=_NOT_CAPTURED,
+  factories={optimizers.adamax: {}},
 )
 NADAM = TorchOptimizer(
-    "NAdam",
-    keys={"lr": REQUIRED, "betas": REQUIRED, "eps": REQUIRED, "weight_decay": REQUIRED, "momentum_decay": REQUIRED,
-          "decoupled_weight_decay": False, "maximize": False},
-    extras=_NOT_CAPTURED,
-    factories={optimizers.nadam: {"decoupled_weight_decay": False}},
+  "NAdam",
+  keys={
+    "lr": REQUIRED,
+    "betas": REQUIRED,
+    "eps": REQUIRED,
+    "weight_decay": REQUIRED,
+    "momentum_decay": REQUIRED,
+    "decoupled_weight_decay": False,
+    "maximize": False,
+  },
+  extras=_NOT_CAPTURED,
+  factories={optimizers.nadam: {"decoupled_weight_decay": False}},
 )
 RADAM = TorchOptimizer(
-    "RAdam",
-    keys={"lr": REQUIRED, "betas": REQUIRED, "eps": REQUIRED, "weight_decay": REQUIRED,
-          "decoupled_weight_decay": False, "maximize": False},
-    extras=_NOT_CAPTURED,
-    factories={optimizers.radam: {"decoupled_weight_decay": False}},
+  "RAdam",
+  keys={
+    "lr": REQUIRED,
+    "betas": REQUIRED,
+    "eps": REQUIRED,
+    "weight_decay": REQUIRED,
+    "decoupled_weight_decay": False,
+    "maximize": False,
+  },
+  extras=_NOT_CAPTURED,
+  factories={optimizers.radam: {"decoupled_weight_decay": False}},
 )
 
 RPROP = TorchOptimizer(
-    "Rprop",
-    keys={"lr": REQUIRED, "etas": REQUIRED, "step_sizes": REQUIRED, "maximize": False},
-    extras=_NOT_CAPTURED,
-    factories={optimizers.rprop: {}},
+  "Rprop",
+  keys={"lr": REQUIRED, "etas": REQUIRED, "step_sizes": REQUIRED, "maximize": False},
+  extras=_NOT_CAPTURED,
+  factories={optimizers.rprop: {}},
 )
 ASGD = TorchOptimizer(
-    "ASGD",
-    keys={"lr": REQUIRED, "lambd": REQUIRED, "alpha": REQUIRED, "t0": REQUIRED, "weight_decay": REQUIRED,
-          "maximize": False},
-    extras=_NOT_CAPTURED,
-    factories={optimizers.asgd: {}},
+  "ASGD",
+  keys={
+    "lr": REQUIRED,
+    "lambd": REQUIRED,
+    "alpha": REQUIRED,
+    "t0": REQUIRED,
+    "weight_decay": REQUIRED,
+    "maximize": False,
+  },
+  extras=_NOT_CAPTURED,
+  factories={optimizers.asgd: {}},
 )
 ADAFACTOR = TorchOptimizer(
-    "Adafactor",
-    keys={"lr": REQUIRED, "beta2_decay": REQUIRED, "eps": REQUIRED, "d": REQUIRED, "weight_decay": REQUIRED,
-          "maximize": False},
-    extras={"foreach": None},
-    factories={optimizers.adafactor: {}},
+  "Adafactor",
+  keys={
+    "lr": REQUIRED,
+    "beta2_decay": REQUIRED,
+    "eps": REQUIRED,
+    "d": REQUIRED,
+    "weight_decay": REQUIRED,
+    "maximize": False,
+  },
+  extras={"foreach": None},
+  factories={optimizers.adafactor: {}},
 )
 MUON = TorchOptimizer(
-    "Muon",
-    keys={"lr": REQUIRED, "weight_decay": REQUIRED, "momentum": REQUIRED, "nesterov": REQUIRED,
-          "ns_coefficients": REQUIRED, "eps": REQUIRED, "ns_steps": REQUIRED, "adjust_lr_fn": REQUIRED},
-    records_step=False,
-    zeros_at_first_step=True,
-    factories={optimizers.muon: {}},
+  "Muon",
+  keys={
+    "lr": REQUIRED,
+    "weight_decay": REQUIRED,
+    "momentum": REQUIRED,
+    "nesterov": REQUIRED,
+    "ns_coefficients": REQUIRED,
+    "eps": REQUIRED,
+    "ns_steps": REQUIRED,
+    "adjust_lr_fn": REQUIRED,
+  },
+  records_step=False,
+  zeros_at_first_step=True,
+  factories={optimizers.muon: {}},
 )
 
 
@@ -151,53 +212,54 @@ class _FactoredConverter(StateConverter):
 def _refuse_factored_layout(field: str, layout: Optional[Layout]) -> None:
   if layout is not None and field in ("row_var", "col_var"):
     raise LayoutError(
-        f"Adafactor's {field} is a statistic over the leaf's last two axes, which the layout ({layout.name}) "
-        "moves: it converts only in torch's layout (give this leaf None in `layouts`)"
+      f"Adafactor's {field} is a statistic over the leaf's last two axes, which the layout ({layout.name}) "
+      "moves: it converts only in torch's layout (give this leaf None in `layouts`)"
     )
 
 
 _ADAM_MOMENTS = {"mu": "exp_avg", "nu": "exp_avg_sq"}
 register_state_converter(
-    transforms.TorchMomentumState,
-    StateConverter(SGD, shared=True, trees={"momentum_buffer": "momentum_buffer"}, counters=("count",),
-                   presence_counters=("count",)),
+  transforms.TorchMomentumState,
+  StateConverter(
+    SGD, shared=True, trees={"momentum_buffer": "momentum_buffer"}, counters=("count",), presence_counters=("count",)
+  ),
 )
 register_state_converter(
-    transforms.ScaleByRmsState, StateConverter(RMSPROP, trees={"square_avg": "square_avg", "grad_avg": "grad_avg"})
+  transforms.ScaleByRmsState, StateConverter(RMSPROP, trees={"square_avg": "square_avg", "grad_avg": "grad_avg"})
 )
 register_state_converter(
-    transforms.ScaleByAdamState,
-    StateConverter(ADAM, trees={**_ADAM_MOMENTS, "nu_max": "max_exp_avg_sq"}, counters=("count",)),
+  transforms.ScaleByAdamState,
+  StateConverter(ADAM, trees={**_ADAM_MOMENTS, "nu_max": "max_exp_avg_sq"}, counters=("count",)),
 )
 register_state_converter(
-    transforms.ScaleByAdamaxState, StateConverter(ADAMAX, trees={"mu": "exp_avg", "inf_norm": "exp_inf"},
-                                                  counters=("count",))
+  transforms.ScaleByAdamaxState,
+  StateConverter(ADAMAX, trees={"mu": "exp_avg", "inf_norm": "exp_inf"}, counters=("count",)),
 )
 register_state_converter(
-    transforms.ScaleByNadamState,
-    StateConverter(NADAM, trees=_ADAM_MOMENTS, scalars={"mu_product": "mu_product"}, counters=("count",)),
+  transforms.ScaleByNadamState,
+  StateConverter(NADAM, trees=_ADAM_MOMENTS, scalars={"mu_product": "mu_product"}, counters=("count",)),
 )
 register_state_converter(transforms.ScaleByRadamState, StateConverter(RADAM, trees=_ADAM_MOMENTS, counters=("count",)))
 register_state_converter(transforms.ScaleByAdagradState, StateConverter(ADAGRAD, trees={"sum_of_squares": "sum"}))
 register_state_converter(
-    transforms.ScaleByAdadeltaState,
-    StateConverter(ADADELTA, trees={"square_avg": "square_avg", "acc_delta": "acc_delta"}),
+  transforms.ScaleByAdadeltaState,
+  StateConverter(ADADELTA, trees={"square_avg": "square_avg", "acc_delta": "acc_delta"}),
 )
 register_state_converter(
-    transforms.ScaleByRpropState, StateConverter(RPROP, trees={"prev": "prev", "step_size": "step_size"})
+  transforms.ScaleByRpropState, StateConverter(RPROP, trees={"prev": "prev", "step_size": "step_size"})
 )
 register_state_converter(
-    transforms.ScaleByAsgdState,
-    StateConverter(ASGD, trees={"ax": "ax"}, scalars={"eta": "eta", "mu": "mu"}, counters=("count",)),
+  transforms.ScaleByAsgdState,
+  StateConverter(ASGD, trees={"ax": "ax"}, scalars={"eta": "eta", "mu": "mu"}, counters=("count",)),
 )
 register_state_converter(
-    transforms.ScaleByAdafactorState,
-    _FactoredConverter(
-        ADAFACTOR, trees={"row_var": "row_var", "col_var": "col_var", "variance": "variance"}, counters=("count",)
-    ),
+  transforms.ScaleByAdafactorState,
+  _FactoredConverter(
+    ADAFACTOR, trees={"row_var": "row_var", "col_var": "col_var", "variance": "variance"}, counters=("count",)
+  ),
 )
 register_state_converter(
-    transforms.ScaleByMuonState, StateConverter(MUON, trees={"momentum_buffer": "momentum_buffer"})
+  transforms.ScaleByMuonState, StateConverter(MUON, trees={"momentum_buffer": "momentum_buffer"})
 )
 register_state_converter(transforms.ScaleByLearningRateState, StateConverter(counters=("count",)))
 # The norm clip_grad_norm keeps for logging is no optimizer state in torch: nothing to convert.

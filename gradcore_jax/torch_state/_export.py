@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any
+from typing import Mapping
+from typing import Optional
+from typing import Sequence
+from typing import Union
 
 import jax
 import jax.numpy as jnp
@@ -33,15 +37,15 @@ Count = tuple[int, str]
 
 
 def to_torch_state_dict(
-    opt_state: optax.OptState,
-    tx: optax.GradientTransformation,
-    params: PyTree,
-    *,
-    order: Optional[PyTree] = None,
-    layouts: Any = None,
-    step: Optional[int] = None,
-    param_groups: Optional[Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]] = None,
-    as_numpy: bool = False,
+  opt_state: optax.OptState,
+  tx: optax.GradientTransformation,
+  params: PyTree,
+  *,
+  order: Optional[PyTree] = None,
+  layouts: Any = None,
+  step: Optional[int] = None,
+  param_groups: Optional[Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]] = None,
+  as_numpy: bool = False,
 ) -> dict[str, Any]:
   """Converts `tx`'s state into a torch optimizer `state_dict` for `optimizer.load_state_dict`.
 
@@ -87,8 +91,8 @@ def to_torch_state_dict(
   expected_structure = jax.tree.structure(jax.eval_shape(tx.init, params))
   if jax.tree.structure(opt_state) != expected_structure:
     raise ValueError(
-        "to_torch_state_dict: opt_state does not have the structure of tx.init(params): is it the state of this tx, "
-        "for these params?"
+      "to_torch_state_dict: opt_state does not have the structure of tx.init(params): is it the state of this tx, "
+      "for these params?"
     )
   plan = make_plan(tx, params, opt_state)
   indices = torch_indices(order, plan)
@@ -100,7 +104,7 @@ def to_torch_state_dict(
   templates = _templates(param_groups, len(ordered))
   state_out: dict[int, dict[str, Any]] = {}
   groups_out = []
-  for group, template in zip(ordered, templates):
+  for group, template in zip(ordered, templates, strict=True):
     t = _export_step(group, global_counts, step)
     values = _export_values(group, t, template, next_values)
     if (t is None and group.optimizer.zeros_at_first_step) or (t is not None and (t > 0 or group.optimizer.eager)):
@@ -119,7 +123,7 @@ def _import_torch():
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as err:
     raise ImportError(
-        "to_torch_state_dict builds torch tensors and needs torch; pass as_numpy=True without it."
+      "to_torch_state_dict builds torch tensors and needs torch; pass as_numpy=True without it."
     ) from err
   return torch
 
@@ -185,14 +189,14 @@ def _export_step(group: Group, global_counts: list[Count], step: Optional[int]) 
     return step
   if group.optimizer.records_step and any(found.present_trees() for found in group.blocks):
     raise ValueError(
-        f"to_torch_state_dict: {group.label()} keeps no step count, but torch {group.optimizer.name} records "
-        "'step': pass step= (the number of steps taken)."
+      f"to_torch_state_dict: {group.label()} keeps no step count, but torch {group.optimizer.name} records "
+      "'step': pass step= (the number of steps taken)."
     )
   return None
 
 
 def _export_values(
-    group: Group, t: Optional[int], template: Mapping[str, Any], next_values: Mapping[tuple, Mapping[str, Any]]
+  group: Group, t: Optional[int], template: Mapping[str, Any], next_values: Mapping[tuple, Mapping[str, Any]]
 ) -> dict[str, Any]:
   """torch's param-group values of the group (without `'params'`); see `to_torch_state_dict` for their sources."""
   optimizer = group.optimizer
@@ -214,15 +218,15 @@ def _export_values(
   missing = [k for k in optimizer.keys if k not in values or (isinstance(values[k], tuple) and UNKNOWN in values[k])]
   if missing:
     raise ValueError(
-        f"to_torch_state_dict: torch {optimizer.name}'s {missing} of {group.label()} are unknown: tx keeps no record "
-        "of its hyperparameters. Build it with gcj.param_groups(...) or pass "
-        "param_groups=torch_optimizer.state_dict()['param_groups']."
+      f"to_torch_state_dict: torch {optimizer.name}'s {missing} of {group.label()} are unknown: tx keeps no record "
+      "of its hyperparameters. Build it with gcj.param_groups(...) or pass "
+      "param_groups=torch_optimizer.state_dict()['param_groups']."
     )
   return values
 
 
 def _export_entry(
-    group: Group, i: int, t: int, plan: Plan, layouts: list[Optional[Layout]], torch: Any
+  group: Group, i: int, t: Optional[int], plan: Plan, layouts: list[Optional[Layout]], torch: Any
 ) -> dict[str, Any]:
   """torch's per-parameter entry of leaf `i` (empty when the group keeps no state for it)."""
   entry: dict[str, Any] = {}
@@ -239,7 +243,7 @@ def _export_entry(
     for field, key in found.converter.scalars.items():
       entry[key] = _scalar_tensor(to_numpy(getattr(found.state, field)), torch)
   if entry and group.optimizer.records_step:
-    entry["step"] = _scalar_tensor(np.asarray(float(t)), torch)
+    entry["step"] = _scalar_tensor(np.asarray(float(0 if t is None else t)), torch)  # no step yet: torch's 0
   return entry
 
 

@@ -6,7 +6,10 @@ torch names some keys differently (`lr` <- `learning_rate`, `betas` <- `(b1, b2)
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any
+from typing import Mapping
+from typing import Optional
+from typing import cast
 
 import jax.numpy as jnp
 
@@ -60,8 +63,8 @@ def described_values(group: Group, step: Optional[int]) -> dict[str, Any]:
       if callable(value):
         if step is None:
           raise ValueError(
-              f"torch_state: {group.label()} has a schedule for {n!r}; its value needs the step count, which this "
-              "state does not record: pass step=."
+            f"torch_state: {group.label()} has a schedule for {n!r}; its value needs the step count, which this "
+            "state does not record: pass step=."
           )
         value = value(jnp.asarray(step, jnp.int32))
       parts.append(as_number(value))
@@ -86,9 +89,10 @@ def merge_injected(values: Mapping[str, Any], injected: ByKey, optimizer: TorchO
       if not (key in values and same_value(values[key], parts[None])):
         values[key] = parts[None]
       continue
-    size = len(optimizer.renames.get(key, ())) or max(parts) + 1
+    positions = cast(dict[int, Any], parts)  # no None key left: every part has a position
+    size = len(optimizer.renames.get(key, ())) or max(positions) + 1
     current = list(values[key]) if isinstance(values.get(key), tuple) else [UNKNOWN] * size
-    for position, value in parts.items():
+    for position, value in positions.items():
       if position < len(current) and not (current[position] is not UNKNOWN and same_value(current[position], value)):
         current[position] = value
     values[key] = tuple(current)
@@ -109,6 +113,6 @@ def check_structure(group: Group, values: Mapping[str, Any], where: str) -> None
       continue
     if bool(as_number(value)) != present:
       raise ValueError(
-          f"{where}: {key}={as_number(value)!r}, but {group.label()} of tx "
-          f"{'keeps' if present else 'keeps no'} state for it (built with a different {key}?)."
+        f"{where}: {key}={as_number(value)!r}, but {group.label()} of tx "
+        f"{'keeps' if present else 'keeps no'} state for it (built with a different {key}?)."
       )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from typing import Any, Mapping, Optional
+from typing import Any
+from typing import Mapping
+from typing import Optional
 
 import numpy as np
 import optax
@@ -37,14 +39,14 @@ Entries = dict[int, Mapping[str, Any]]
 
 
 def from_torch_state_dict(
-    state_dict: Mapping[str, Any],
-    tx: optax.GradientTransformation,
-    params: PyTree,
-    *,
-    order: Optional[PyTree] = None,
-    layouts: Any = None,
-    step: Optional[int] = None,
-    strict: bool = True,
+  state_dict: Mapping[str, Any],
+  tx: optax.GradientTransformation,
+  params: PyTree,
+  *,
+  order: Optional[PyTree] = None,
+  layouts: Any = None,
+  step: Optional[int] = None,
+  strict: bool = True,
 ) -> optax.OptState:
   """Converts a torch optimizer's `state_dict()` into `tx`'s state for `params`.
 
@@ -131,14 +133,16 @@ def from_torch_state_dict(
 def _read_state_dict(state_dict: Any) -> tuple[dict[int, Mapping[str, Any]], list[Mapping[str, Any]]]:
   """(torch index -> per-parameter entry, param groups) of a state_dict, its shape checked."""
   if not isinstance(state_dict, Mapping) or "state" not in state_dict or "param_groups" not in state_dict:
-    raise TypeError("from_torch_state_dict: state_dict must be a mapping with 'state' and 'param_groups' (torch's "
-                    "optimizer.state_dict()).")
+    raise TypeError(
+      "from_torch_state_dict: state_dict must be a mapping with 'state' and 'param_groups' (torch's "
+      "optimizer.state_dict())."
+    )
   state: dict[int, Mapping[str, Any]] = {}
   for key, entry in state_dict["state"].items():
     index = _as_index(key, "a key of state_dict['state']")
     if not isinstance(entry, Mapping):
       raise TypeError(
-          f"from_torch_state_dict: state_dict['state'][{key!r}] must be a mapping, got {type(entry).__name__}."
+        f"from_torch_state_dict: state_dict['state'][{key!r}] must be a mapping, got {type(entry).__name__}."
       )
     state[index] = entry
   groups = list(state_dict["param_groups"])
@@ -169,8 +173,8 @@ def _match_groups(plan: Plan, indices: list[int], torch_groups: list[Mapping[str
   for index, j in owner.items():
     if index not in by_index:
       raise ValueError(
-          f"from_torch_state_dict: torch parameter {index} (param_groups[{j}]) is no leaf's: the params have "
-          f"{len(indices)} leaves; give `order` to say which leaf is which torch index."
+        f"from_torch_state_dict: torch parameter {index} (param_groups[{j}]) is no leaf's: the params have "
+        f"{len(indices)} leaves; give `order` to say which leaf is which torch index."
       )
   matches = []
   taken: dict[int, Group] = {}
@@ -179,20 +183,20 @@ def _match_groups(plan: Plan, indices: list[int], torch_groups: list[Mapping[str
     for i in group.members:
       if indices[i] not in owner:
         raise ValueError(
-            f"from_torch_state_dict: leaf {plan.paths[i]} is torch parameter {indices[i]}, which no param group of "
-            "the state_dict holds (a missing leaf, or a wrong `order`)."
+          f"from_torch_state_dict: leaf {plan.paths[i]} is torch parameter {indices[i]}, which no param group of "
+          "the state_dict holds (a missing leaf, or a wrong `order`)."
         )
       found.add(owner[indices[i]])
     if len(found) != 1:
       raise ValueError(
-          f"from_torch_state_dict: the leaves of {group.label()} are spread over torch's param_groups "
-          f"{sorted(found)}; each torch group must hold exactly one group's leaves."
+        f"from_torch_state_dict: the leaves of {group.label()} are spread over torch's param_groups "
+        f"{sorted(found)}; each torch group must hold exactly one group's leaves."
       )
     j = found.pop()
     if j in taken:
       raise ValueError(
-          f"from_torch_state_dict: param_groups[{j}] holds leaves of both {taken[j].label()} and {group.label()}; "
-          "build tx with the same groups as torch (gcj.param_groups)."
+        f"from_torch_state_dict: param_groups[{j}] holds leaves of both {taken[j].label()} and {group.label()}; "
+        "build tx with the same groups as torch (gcj.param_groups)."
       )
     taken[j] = group
     matches.append((group, j))
@@ -207,13 +211,13 @@ def _check_kind(group: Group, torch_group: Mapping[str, Any], index: int) -> Non
   optimizer = group.optimizer
   missing = [k for k, default in optimizer.keys.items() if default is REQUIRED and k not in torch_group]
   foreign = sorted(
-      {k for other in known_optimizers() for k in other.keys if k not in optimizer.keys and k in torch_group}
+    {k for other in known_optimizers() for k in other.keys if k not in optimizer.keys and k in torch_group}
   )
   if missing or foreign:
     problem = f"lacks {missing}" if missing else f"has {foreign}"
     raise ValueError(
-        f"from_torch_state_dict: param_groups[{index}] {problem}: it is not a torch {optimizer.name} state_dict, "
-        f"which {group.label()} of tx is."
+      f"from_torch_state_dict: param_groups[{index}] {problem}: it is not a torch {optimizer.name} state_dict, "
+      f"which {group.label()} of tx is."
     )
 
 
@@ -232,8 +236,12 @@ def _expected_keys(group: Group, i: int, plan: Plan) -> set[str]:
 
 
 def _import_group(
-    group: Group, entries: Entries, step: Optional[int], plan: Plan, layouts: list[Optional[Layout]],
-    changes: dict[tuple, dict[str, Any]],
+  group: Group,
+  entries: Entries,
+  step: Optional[int],
+  plan: Plan,
+  layouts: list[Optional[Layout]],
+  changes: dict[tuple, dict[str, Any]],
 ) -> Optional[int]:
   """Fills `changes` for the group's blocks; returns the group's step count (None if unknown)."""
   expected = {i: _expected_keys(group, i, plan) for i in group.members}
@@ -252,22 +260,22 @@ def _check_leaf_keys(group: Group, entries: Entries, expected: Mapping[int, set[
     present = set(entries[i])
     if not expected[i] and present:
       raise ValueError(
-          f"from_torch_state_dict: the state_dict has {sorted(present)} for leaf {plan.paths[i]}, but "
-          f"{group.label()} of tx keeps no state for it: another optimizer's state_dict, or other hyperparameters."
+        f"from_torch_state_dict: the state_dict has {sorted(present)} for leaf {plan.paths[i]}, but "
+        f"{group.label()} of tx keeps no state for it: another optimizer's state_dict, or other hyperparameters."
       )
     if present and present != expected[i]:
       missing, extra = sorted(expected[i] - present), sorted(present - expected[i])
       raise ValueError(
-          f"from_torch_state_dict: leaf {plan.paths[i]}: "
-          + (f"the state_dict lacks {missing} " if missing else "")
-          + (f"the state_dict has {extra}, which tx does not keep " if extra else "")
-          + f"(tx is torch {group.optimizer.name}: another optimizer's state_dict, "
-          + "or amsgrad/centered/momentum differ)."
+        f"from_torch_state_dict: leaf {plan.paths[i]}: "
+        + (f"the state_dict lacks {missing} " if missing else "")
+        + (f"the state_dict has {extra}, which tx does not keep " if extra else "")
+        + f"(tx is torch {group.optimizer.name}: another optimizer's state_dict, "
+        + "or amsgrad/centered/momentum differ)."
       )
 
 
 def _group_step(
-    group: Group, entries: Entries, holders: list[int], with_state: list[int], step: Optional[int], plan: Plan
+  group: Group, entries: Entries, holders: list[int], with_state: list[int], step: Optional[int], plan: Plan
 ) -> Optional[int]:
   """The group's step count: torch's `'step'` (one for all its leaves), else `step`, else 0 before the first step.
 
@@ -285,14 +293,14 @@ def _group_step(
   if with_state and len(with_state) != len(holders):
     empty = next(i for i in holders if not entries[i])
     raise ValueError(
-        f"from_torch_state_dict: leaf {plan.paths[empty]} has no state in the state_dict while other leaves of "
-        f"{group.label()} have stepped; gradcore_jax keeps one step count per group (a missing leaf, or a "
-        "parameter torch never saw a gradient for)."
+      f"from_torch_state_dict: leaf {plan.paths[empty]} has no state in the state_dict while other leaves of "
+      f"{group.label()} have stepped; gradcore_jax keeps one step count per group (a missing leaf, or a "
+      "parameter torch never saw a gradient for)."
     )
   if group.optimizer.eager and holders and not with_state:
     raise ValueError(
-        f"from_torch_state_dict: leaf {plan.paths[holders[0]]} has no state, but torch {group.optimizer.name} "
-        "creates its state at construction: a missing leaf."
+      f"from_torch_state_dict: leaf {plan.paths[holders[0]]} has no state, but torch {group.optimizer.name} "
+      "creates its state at construction: a missing leaf."
     )
   recorded = None
   if group.optimizer.records_step and holders:
@@ -303,27 +311,32 @@ def _group_step(
       for i, value in values.items():
         if value != recorded:
           raise ValueError(
-              f"from_torch_state_dict: leaf {plan.paths[i]} is at step {value} but leaf "
-              f"{plan.paths[with_state[0]]} at step {recorded}; gradcore_jax keeps one step count per group."
+            f"from_torch_state_dict: leaf {plan.paths[i]} is at step {value} but leaf "
+            f"{plan.paths[with_state[0]]} at step {recorded}; gradcore_jax keeps one step count per group."
           )
     if step is not None and step != recorded:
       raise ValueError(
-          f"from_torch_state_dict: step={step}, but torch's state of {group.label()} is at step {recorded}."
+        f"from_torch_state_dict: step={step}, but torch's state of {group.label()} is at step {recorded}."
       )
   t = recorded if recorded is not None else step
   if t is None and holders and not with_state:
     t = 0
   if t is not None and holders and not group.optimizer.records_step and bool(with_state) != (t > 0):
     raise ValueError(
-        f"from_torch_state_dict: step={t}, but torch's buffers of {group.label()} "
-        f"{'exist' if with_state else 'do not exist'}."
+      f"from_torch_state_dict: step={t}, but torch's buffers of {group.label()} "
+      f"{'exist' if with_state else 'do not exist'}."
     )
   return t
 
 
 def _import_block(
-    found: LocatedState, group: Group, t: Optional[int], with_state: list[int], entries: Entries, plan: Plan,
-    layouts: list[Optional[Layout]],
+  found: LocatedState,
+  group: Group,
+  t: Optional[int],
+  with_state: list[int],
+  entries: Entries,
+  plan: Plan,
+  layouts: list[Optional[Layout]],
 ) -> dict[str, Any]:
   """The new fields of one block state: its counters at `t`, its trees and scalars from torch."""
   converter = found.converter
@@ -335,8 +348,8 @@ def _import_block(
       value = 1
     else:
       raise ValueError(
-          f"from_torch_state_dict: {group.label()} keeps a step count ({found.field_name(field)}) that torch "
-          f"{group.optimizer.name}'s state does not record: pass step= (e.g. the scheduler's last_epoch)."
+        f"from_torch_state_dict: {group.label()} keeps a step count ({found.field_name(field)}) that torch "
+        f"{group.optimizer.name}'s state does not record: pass step= (e.g. the scheduler's last_epoch)."
       )
     fields[field] = _counter_at(found, field, value)
   if with_state:
@@ -353,8 +366,13 @@ def _counter_at(found: LocatedState, field: str, value: int) -> Any:
 
 
 def _import_tree(
-    found: LocatedState, field: str, key: str, members: list[int], entries: Entries, plan: Plan,
-    layouts: list[Optional[Layout]],
+  found: LocatedState,
+  field: str,
+  key: str,
+  members: list[int],
+  entries: Entries,
+  plan: Plan,
+  layouts: list[Optional[Layout]],
 ) -> PyTree:
   """The params-shaped `field` with the leaves of `members` set from torch's `key`."""
   subtrees = list(plan.leaves(found, field))
@@ -368,10 +386,11 @@ def _import_tree(
     except LayoutError as err:
       raise ValueError(f"from_torch_state_dict: leaf {plan.paths[i]}, '{key}': {err}.") from None
     if value is None:
-      layout = "" if layouts[i] is None else f" after the layout ({layouts[i].name})"
+      leaf_layout = layouts[i]
+      layout = "" if leaf_layout is None else f" after the layout ({leaf_layout.name})"
       raise ValueError(
-          f"from_torch_state_dict: leaf {plan.paths[i]} has shape {tuple(like.shape)}, but torch's '{key}' for it has "
-          f"shape {torch_value.shape}{layout}: a wrong `order`, or a layout to give in `layouts`."
+        f"from_torch_state_dict: leaf {plan.paths[i]} has shape {tuple(like.shape)}, but torch's '{key}' for it has "
+        f"shape {torch_value.shape}{layout}: a wrong `order`, or a layout to give in `layouts`."
       )
     subtrees[i] = put_like(value, like)
   return plan.treedef.unflatten(subtrees)
@@ -384,21 +403,21 @@ def _import_scalar(key: str, like: Any, members: list[int], entries: Entries, pl
   for i, value in values.items():
     if value != values[first]:
       raise ValueError(
-          f"from_torch_state_dict: '{key}' is {float(value)!r} for leaf {plan.paths[i]} but "
-          f"{float(values[first])!r} for leaf {plan.paths[first]}; gradcore_jax keeps one per group."
+        f"from_torch_state_dict: '{key}' is {float(value)!r} for leaf {plan.paths[i]} but "
+        f"{float(values[first])!r} for leaf {plan.paths[first]}; gradcore_jax keeps one per group."
       )
   return put_like(values[first], like)
 
 
 def _import_inject(
-    found: LocatedState, group: Group, torch_group: Mapping[str, Any], t: Optional[int]
+  found: LocatedState, group: Group, torch_group: Mapping[str, Any], t: Optional[int]
 ) -> dict[str, Any]:
   """The new fields of an `inject_hyperparams` state: torch's group values, its counts at `t`."""
   state = found.state
   if t is None:
     raise ValueError(
-        f"from_torch_state_dict: optax.inject_hyperparams in {group.label()} keeps a step count that torch "
-        f"{group.optimizer.name}'s state does not record: pass step=."
+      f"from_torch_state_dict: optax.inject_hyperparams in {group.label()} keeps a step count that torch "
+      f"{group.optimizer.name}'s state does not record: pass step=."
     )
   hyperparams = dict(state.hyperparams)
   for name, like in state.hyperparams.items():
@@ -410,19 +429,19 @@ def _import_inject(
       value = value[position]
     hyperparams[name] = put_like(np.asarray(value), like)
   fields: dict[str, Any] = {
-      "count": step_counter(t, state.count, "the inject_hyperparams count"),
-      "hyperparams": hyperparams,
+    "count": step_counter(t, state.count, "the inject_hyperparams count"),
+    "hyperparams": hyperparams,
   }
   if hasattr(state, "hyperparams_states"):
     schedule_states = {}
     for name, schedule_state in state.hyperparams_states.items():
       if getattr(type(schedule_state), "_fields", None) != ("count",):
         raise TypeError(
-            f"from_torch_state_dict: the injected schedule of {name!r} keeps a {type(schedule_state).__name__}; only "
-            "step-count schedules (functions of the step) can be set from torch."
+          f"from_torch_state_dict: the injected schedule of {name!r} keeps a {type(schedule_state).__name__}; only "
+          "step-count schedules (functions of the step) can be set from torch."
         )
       schedule_states[name] = schedule_state._replace(
-          count=step_counter(t, schedule_state.count, f"the schedule count of {name!r}")
+        count=step_counter(t, schedule_state.count, f"the schedule count of {name!r}")
       )
     fields["hyperparams_states"] = schedule_states
   return fields
@@ -440,8 +459,8 @@ def _check_values(group: Group, torch_group: Mapping[str, Any], j: int, t: Optio
     if theirs is REQUIRED or same_value(value, theirs):
       continue
     message = (
-        f"from_torch_state_dict: param_groups[{j}] has {key}={as_number(theirs)!r}, but {group.label()} of tx has "
-        f"{value!r}" + (f" at step {t}" if key == "lr" and t is not None else "") + "."
+      f"from_torch_state_dict: param_groups[{j}] has {key}={as_number(theirs)!r}, but {group.label()} of tx has "
+      f"{value!r}" + (f" at step {t}" if key == "lr" and t is not None else "") + "."
     )
     if strict:
       raise ValueError(message + " Pass strict=False to continue with tx's values.")
@@ -453,7 +472,7 @@ def _global_step(steps: list[int], step: Optional[int]) -> int:
   known = sorted(set(steps) | ({step} if step is not None else set()))
   if len(known) > 1:
     raise ValueError(
-        f"from_torch_state_dict: the groups are at different steps {known}, but tx keeps one step count for all."
+      f"from_torch_state_dict: the groups are at different steps {known}, but tx keeps one step count for all."
     )
   if not known:
     raise ValueError("from_torch_state_dict: tx keeps a step count that the torch state does not record: pass step=.")

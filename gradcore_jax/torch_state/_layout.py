@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
+from typing import Callable
+from typing import Optional
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -56,7 +59,7 @@ class Layout:
     def check_rank(x: np.ndarray, direction: str) -> None:
       if x.ndim != len(axes):
         raise LayoutError(
-            f"the axes permutation {axes} is for {len(axes)}-D tensors, but the {direction} has shape {x.shape}"
+          f"the axes permutation {axes} is for {len(axes)}-D tensors, but the {direction} has shape {x.shape}"
         )
 
     def to_jax(x):
@@ -129,10 +132,10 @@ def leaf_layouts(layouts: Any, params: PyTree, treedef: Any, paths: list[str]) -
       entries = treedef.flatten_up_to(layouts)
     except (ValueError, TypeError) as err:
       raise ValueError(
-          f"layouts must have the params' structure (or be a function (path, leaf) -> layout): {err}"
+        f"layouts must have the params' structure (or be a function (path, leaf) -> layout): {err}"
       ) from None
   result = []
-  for path, entry in zip(paths, entries):
+  for path, entry in zip(paths, entries, strict=True):
     if entry is None or isinstance(entry, Layout):
       result.append(entry)
     elif isinstance(entry, Sequence) and all(isinstance(a, numbers.Integral) for a in entry):

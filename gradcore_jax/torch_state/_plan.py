@@ -10,7 +10,12 @@ import collections
 import dataclasses
 import inspect
 import numbers
-from typing import Any, Callable, Hashable, Mapping, Optional
+from typing import Any
+from typing import Callable
+from typing import Hashable
+from typing import Mapping
+from typing import Optional
+from typing import cast
 
 import jax
 import optax
@@ -102,20 +107,20 @@ def make_plan(tx: optax.GradientTransformation, params: PyTree, state: Any) -> P
     if spec is not None:
       raise TypeError("torch_state: tx was built by gcj.param_groups, but the state holds no param groups.")
     names: list[Optional[Hashable]] = [None]
-    members = {None: list(range(len(paths)))}
+    members: dict[Optional[Hashable], list[int]] = {None: list(range(len(paths)))}
     global_blocks: list[LocatedState] = []
   else:
     if any(f.group is None for f in injects):
       raise TypeError(
-          "torch_state: optax.inject_hyperparams around param groups is not supported; inject inside the groups "
-          "instead: gcj.param_groups(optax.inject_hyperparams(factory), ...)."
+        "torch_state: optax.inject_hyperparams around param groups is not supported; inject inside the groups "
+        "instead: gcj.param_groups(optax.inject_hyperparams(factory), ...)."
       )
     global_blocks = [f for f in blocks if f.group is None]
     for found in global_blocks:
       if found.present_trees():
         raise TypeError(
-            f"torch_state: a {type(found.state).__name__} outside the param groups keeps per-parameter state; "
-            "torch keeps per-parameter state only inside its groups."
+          f"torch_state: a {type(found.state).__name__} outside the param groups keeps per-parameter state; "
+          "torch keeps per-parameter state only inside its groups."
         )
     if spec is not None:
       names = list(spec.groups)
@@ -130,7 +135,7 @@ def make_plan(tx: optax.GradientTransformation, params: PyTree, state: Any) -> P
     group_injects = [f for f in injects if f.group == name]
     described, implied, arguments = None, {}, None
     if spec is not None:
-      described, implied, arguments = _describe_factory(spec.factory, spec.groups[name])
+      described, implied, arguments = _describe_factory(spec.factory, spec.groups[cast(Hashable, name)])
     optimizer = _group_optimizer(name, group_blocks, described)
     groups.append(Group(name, members[name], group_blocks, group_injects, optimizer, arguments, implied))
   return Plan(paths, treedef, groups, global_blocks)
@@ -138,13 +143,13 @@ def make_plan(tx: optax.GradientTransformation, params: PyTree, state: Any) -> P
 
 def _sorted_names(names: list[Hashable]) -> list[Hashable]:
   try:
-    return sorted(names)
+    return sorted(cast(list[Any], names))
   except TypeError:
     return sorted(names, key=repr)
 
 
 def _infer_members(
-    names: list[Hashable], blocks: list[LocatedState], treedef: Any, n_leaves: int
+  names: list[Hashable], blocks: list[LocatedState], treedef: Any, n_leaves: int
 ) -> dict[Hashable, list[int]]:
   """Leaf membership of a partition not built by `gcj.param_groups`: read off its masked state trees."""
   members: dict[Hashable, Optional[list[int]]] = {}
@@ -159,10 +164,10 @@ def _infer_members(
     members[unknown[0]] = [i for i in range(n_leaves) if i not in taken]
   elif unknown:
     raise TypeError(
-        f"torch_state: cannot tell which leaves belong to the stateless groups {unknown}; build tx with "
-        "gcj.param_groups, which records them."
+      f"torch_state: cannot tell which leaves belong to the stateless groups {unknown}; build tx with "
+      "gcj.param_groups, which records them."
     )
-  return members
+  return cast(dict[Hashable, list[int]], members)  # every entry is filled in now
 
 
 def _describe_factory(factory: Callable[..., Any], kwargs: Mapping[str, Any]):
@@ -176,7 +181,7 @@ def _describe_factory(factory: Callable[..., Any], kwargs: Mapping[str, Any]):
       for name in optimizer.no_counterpart:
         if arguments.get(name) is not None:
           raise TypeError(
-              f"torch_state: {base.__name__}({name}=...) has no torch counterpart; express it with gcj.param_groups."
+            f"torch_state: {base.__name__}({name}=...) has no torch counterpart; express it with gcj.param_groups."
           )
       implied = {k: v for k, v in optimizer.factories[base].items() if k not in arguments}
       return optimizer, implied, arguments
@@ -184,7 +189,7 @@ def _describe_factory(factory: Callable[..., Any], kwargs: Mapping[str, Any]):
 
 
 def _group_optimizer(
-    name: Optional[Hashable], blocks: list[LocatedState], described: Optional[TorchOptimizer]
+  name: Optional[Hashable], blocks: list[LocatedState], described: Optional[TorchOptimizer]
 ) -> TorchOptimizer:
   """The torch optimizer of a group: its factory's, else its block states' (a shared block only alone), else SGD."""
   where = group_label(name)
@@ -199,9 +204,7 @@ def _group_optimizer(
     raise TypeError(f"torch_state: {where} mixes the states of torch {found[0].name} and {found[1].name}.")
   from_state = found[0] if found else None
   if described is not None and from_state is not None and described is not from_state:
-    raise TypeError(
-        f"torch_state: {where} is built as torch {described.name} but its state is {from_state.name}'s."
-    )
+    raise TypeError(f"torch_state: {where} is built as torch {described.name} but its state is {from_state.name}'s.")
   return described or from_state or SGD
 
 
@@ -226,7 +229,7 @@ def torch_indices(order: Optional[PyTree], plan: Plan) -> list[int]:
     raise ValueError(f"order must be a pytree of ints with the params' structure: {err}") from None
   seen: dict[int, str] = {}
   indices = []
-  for path, entry in zip(plan.paths, entries):
+  for path, entry in zip(plan.paths, entries, strict=True):
     if not isinstance(entry, numbers.Integral) or isinstance(entry, bool) or entry < 0:
       raise TypeError(f"order: the entry for leaf {path} must be a non-negative int (a torch index), got {entry!r}.")
     if int(entry) in seen:

@@ -9,7 +9,10 @@ that optimizer's per-parameter state (`ScaleByAdamState.mu` <-> `'exp_avg'`, ...
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
+from typing import Callable
+from typing import Mapping
+from typing import Optional
 
 import numpy as np
 
@@ -154,8 +157,8 @@ def register_state_converter(state_type: type, converter: StateConverter) -> Non
   unknown = [f for f in named if f not in fields]
   if unknown or not set(converter.presence_counters) <= set(converter.counters):
     raise TypeError(
-        f"register_state_converter: {state_type.__name__} has fields {fields}; the converter names {unknown} "
-        "(and presence_counters must be a subset of counters)."
+      f"register_state_converter: {state_type.__name__} has fields {fields}; the converter names {unknown} "
+      "(and presence_counters must be a subset of counters)."
     )
   _CONVERTERS[state_type] = converter
 

@@ -8,7 +8,11 @@ block states by their type through the registry.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Hashable, Mapping, Optional
+from typing import Any
+from typing import Callable
+from typing import Hashable
+from typing import Mapping
+from typing import Optional
 
 import jax
 import optax
@@ -78,7 +82,7 @@ def walk_state(node: Any, visit: Callable[[str, Any, tuple, Any], Any], where: t
       raise TypeError("torch_state: nested param groups (a partition inside a partition) have no torch counterpart.")
     visit("partition", node, where, group)
     return type(node)(
-        {name: walk_state(sub, visit, where + ("inner_states", name), name) for name, sub in node.inner_states.items()}
+      {name: walk_state(sub, visit, where + ("inner_states", name), name) for name, sub in node.inner_states.items()}
     )
   if isinstance(node, optax.MaskedState):
     return node._replace(inner_state=walk_state(node.inner_state, visit, where + ("inner_state",), group))
@@ -86,10 +90,10 @@ def walk_state(node: Any, visit: Callable[[str, Any, tuple, Any], Any], where: t
     if not jax.tree.leaves(node):  # EmptyState and other stateless blocks
       return node
     raise TypeError(
-        f"torch_state: the optimizer state holds a {type(node).__module__}.{type(node).__qualname__}, which has no "
-        "torch counterpart registered "
-        "(gcj.torch_state.register_state_converter). The bridge knows: "
-        f"{', '.join(registered_type_names())}."
+      f"torch_state: the optimizer state holds a {type(node).__module__}.{type(node).__qualname__}, which has no "
+      "torch counterpart registered "
+      "(gcj.torch_state.register_state_converter). The bridge knows: "
+      f"{', '.join(registered_type_names())}."
     )
   if isinstance(node, (tuple, list)):
     return type(node)(walk_state(x, visit, where + (i,), group) for i, x in enumerate(node))
@@ -126,5 +130,5 @@ def collect_states(state: Any) -> tuple[list[LocatedState], list[LocatedState], 
 def replace_states(state: Any, changes: Mapping[tuple, Mapping[str, Any]]) -> Any:
   """`state` with the fields of the block/inject states at the positions of `changes` replaced."""
   return walk_state(
-      state, lambda kind, node, where, group: node._replace(**changes[where]) if where in changes else node
+    state, lambda kind, node, where, group: node._replace(**changes[where]) if where in changes else node
   )

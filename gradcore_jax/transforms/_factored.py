@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any
+from typing import NamedTuple
+from typing import Optional
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 from gradcore_jax import _checks
-from gradcore_jax._typing import Array, PyTree, Scalar, ScalarOrSchedule
+from gradcore_jax._typing import Array
+from gradcore_jax._typing import PyTree
+from gradcore_jax._typing import Scalar
+from gradcore_jax._typing import ScalarOrSchedule
 from gradcore_jax.transforms._formulas import as_float
 from gradcore_jax.transforms._formulas import increment
 from gradcore_jax.transforms._formulas import is_none
@@ -32,15 +38,13 @@ class ScaleByAdafactorState(NamedTuple):
   `None`. So a `(1024, 1024)` matrix keeps 2048 numbers instead of Adam's 2 x 1048576.
   """
 
-  count: Array
+  count: Array  # pyright: ignore[reportIncompatibleMethodOverride]
   row_var: PyTree
   col_var: PyTree
   variance: PyTree
 
 
-def check_adafactor_hyperparameters(
-    beta2_decay: Scalar, eps1: Optional[Scalar], eps2: Scalar, d: Scalar
-) -> None:
+def check_adafactor_hyperparameters(beta2_decay: Scalar, eps1: Optional[Scalar], eps2: Scalar, d: Scalar) -> None:
   """Torch's constructor checks: `beta2_decay <= 0`, `eps1 >= 0` (or None), `eps2 >= 0`, `d >= 1`."""
   decay = _checks.concrete_value("beta2_decay", beta2_decay)
   if decay is not None and not decay <= 0:
@@ -54,11 +58,11 @@ def check_adafactor_hyperparameters(
 
 
 def scale_by_adafactor(
-    learning_rate: ScalarOrSchedule = 1e-2,
-    beta2_decay: Scalar = -0.8,
-    eps1: Optional[Scalar] = None,
-    eps2: Scalar = 1e-3,
-    d: Scalar = 1.0,
+  learning_rate: ScalarOrSchedule = 1e-2,
+  beta2_decay: Scalar = -0.8,
+  eps1: Optional[Scalar] = None,
+  eps2: Scalar = 1e-3,
+  d: Scalar = 1.0,
 ) -> GradientTransformation:
   """Torch's Adafactor direction (Shazeer & Stern, 2018) divided by the learning rate.
 
@@ -92,10 +96,10 @@ def scale_by_adafactor(
 
   def init_fn(params):
     return ScaleByAdafactorState(
-        count=zero_count(),
-        row_var=jax.tree.map(lambda p: _factored_zeros(p, -1), params),
-        col_var=jax.tree.map(lambda p: _factored_zeros(p, -2), params),
-        variance=jax.tree.map(lambda p: jnp.zeros_like(p) if jnp.ndim(p) < 2 else None, params),
+      count=zero_count(),
+      row_var=jax.tree.map(lambda p: _factored_zeros(p, -1), params),
+      col_var=jax.tree.map(lambda p: _factored_zeros(p, -2), params),
+      variance=jax.tree.map(lambda p: jnp.zeros_like(p) if jnp.ndim(p) < 2 else None, params),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -127,17 +131,18 @@ def scale_by_adafactor(
 
     grads, treedef = jax.tree.flatten(updates, is_leaf=is_none)
     results = [
-        leaf(*leaves)
-        for leaves in zip(
-            grads,
-            treedef.flatten_up_to(params),
-            treedef.flatten_up_to(state.row_var),
-            treedef.flatten_up_to(state.col_var),
-            treedef.flatten_up_to(state.variance),
-        )
+      leaf(*leaves)
+      for leaves in zip(
+        grads,
+        treedef.flatten_up_to(params),
+        treedef.flatten_up_to(state.row_var),
+        treedef.flatten_up_to(state.col_var),
+        treedef.flatten_up_to(state.variance),
+        strict=True,
+      )
     ]
     updates, row_var, col_var, variance = (
-        jax.tree.unflatten(treedef, [result[i] for result in results]) for i in range(4)
+      jax.tree.unflatten(treedef, [result[i] for result in results]) for i in range(4)
     )
     return updates, ScaleByAdafactorState(count=count, row_var=row_var, col_var=col_var, variance=variance)
 
@@ -189,8 +194,8 @@ def _check_factored_shapes(g: Array, row: Optional[Array], col: Optional[Array])
   want_col = (*g.shape[:-2], 1, g.shape[-1])
   if row is None or col is None or tuple(row.shape) != want_row or tuple(col.shape) != want_col:
     raise ValueError(
-        f"The gradient of shape {tuple(g.shape)} does not match the Adafactor state "
-        f"(row_var {None if row is None else tuple(row.shape)}, col_var {None if col is None else tuple(col.shape)})."
+      f"The gradient of shape {tuple(g.shape)} does not match the Adafactor state "
+      f"(row_var {None if row is None else tuple(row.shape)}, col_var {None if col is None else tuple(col.shape)})."
     )
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any
+from typing import NamedTuple
+from typing import Optional
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +14,9 @@ import optax
 from jax.sharding import PartitionSpec
 
 from gradcore_jax import _checks
-from gradcore_jax._typing import Array, PyTree, Scalar
+from gradcore_jax._typing import Array
+from gradcore_jax._typing import PyTree
+from gradcore_jax._typing import Scalar
 from gradcore_jax.transforms._formulas import lerp
 from gradcore_jax.transforms._formulas import map_state
 from gradcore_jax.transforms._formulas import map_updates
@@ -33,7 +38,7 @@ class ScaleByMuonState(NamedTuple):
 
 
 def newton_schulz(
-    x: Array, ns_coefficients: Sequence[Scalar] = MUON_NS_COEFFICIENTS, ns_steps: Any = 5, eps: Scalar = 1e-7
+  x: Array, ns_coefficients: Sequence[Scalar] = MUON_NS_COEFFICIENTS, ns_steps: Any = 5, eps: Scalar = 1e-7
 ) -> Array:
   """Torch's Newton-Schulz orthogonalisation of a matrix, in bfloat16 as torch runs it.
 
@@ -130,7 +135,7 @@ def adjusted_lr_ratio(shape: Sequence[int], adjust_lr_fn: Optional[str] = None) 
 
 
 def check_muon_hyperparameters(
-    momentum: Scalar, ns_coefficients: Sequence[Scalar], eps: Scalar, ns_steps: Any, adjust_lr_fn: Optional[str]
+  momentum: Scalar, ns_coefficients: Sequence[Scalar], eps: Scalar, ns_steps: Any, adjust_lr_fn: Optional[str]
 ) -> None:
   """Torch's checks (`momentum >= 0`, a known `adjust_lr_fn`, three coefficients, `ns_steps < 100`), and `eps >= 0`."""
   _checks.check_non_negative("momentum", momentum)
@@ -150,20 +155,20 @@ def check_matrices(tree: PyTree, what: str) -> None:
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     if jnp.ndim(leaf) != 2:
       raise ValueError(
-          f"muon orthogonalises 2-D matrices only, but the {what} at {jax.tree_util.keystr(path) or '<root>'} has "
-          f"shape {tuple(jnp.shape(leaf))}. Give the other leaves another optimizer, e.g. "
-          "optax.partition({'muon': gcj.muon(), 'adamw': gcj.adamw()}, "
-          "lambda params: jax.tree.map(lambda p: 'muon' if p.ndim == 2 else 'adamw', params))."
+        f"muon orthogonalises 2-D matrices only, but the {what} at {jax.tree_util.keystr(path) or '<root>'} has "
+        f"shape {tuple(jnp.shape(leaf))}. Give the other leaves another optimizer, e.g. "
+        "optax.partition({'muon': gcj.muon(), 'adamw': gcj.adamw()}, "
+        "lambda params: jax.tree.map(lambda p: 'muon' if p.ndim == 2 else 'adamw', params))."
       )
 
 
 def scale_by_muon(
-    momentum: Scalar = 0.95,
-    nesterov: bool = True,
-    ns_coefficients: Sequence[Scalar] = MUON_NS_COEFFICIENTS,
-    eps: Scalar = 1e-7,
-    ns_steps: Any = 5,
-    adjust_lr_fn: Optional[str] = None,
+  momentum: Scalar = 0.95,
+  nesterov: bool = True,
+  ns_coefficients: Sequence[Scalar] = MUON_NS_COEFFICIENTS,
+  eps: Scalar = 1e-7,
+  ns_steps: Any = 5,
+  adjust_lr_fn: Optional[str] = None,
 ) -> GradientTransformation:
   """Torch's Muon direction (Jordan et al., 2024) for 2-D leaves.
 
