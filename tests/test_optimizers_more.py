@@ -34,6 +34,7 @@ import numpy as np
 import optax
 import pytest
 import torch
+from _torch_reference import precision
 
 import gradcore_jax as gcj
 
@@ -70,21 +71,6 @@ def _gradient(problem: dict[str, Any], key: str, param: np.ndarray, step: int) -
   param = param.astype(np.float64)
   quadratic = (problem["curvature"][key] @ (param - problem["centre"][key]).reshape(-1)).reshape(param.shape)
   return quadratic + 0.1 * param**3 + problem["noise"][key][step]
-
-
-@contextlib.contextmanager
-def _precision(dtype):
-  """float64 runs need x64 in JAX and float64 scalar state (ASGD's eta/mu, steps) in torch."""
-  if dtype == np.float64:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-      with jax.enable_x64(True):
-        yield
-    finally:
-      torch.set_default_dtype(previous)
-  else:
-    yield
 
 
 class TorchRun:
@@ -219,7 +205,7 @@ def results(name: str, dtype_id: str) -> dict[str, CaseResult]:
   """
   dtype = DTYPES[dtype_id]
   factory, torch_cls, single_tensor, problem = OPTIMIZERS[name]
-  with _precision(dtype):
+  with precision(dtype):
     cases = _cases(name)
     runs = []
     for _, kwargs in cases:
@@ -305,7 +291,7 @@ def test_exponential_lr_schedule_matches_torch():
   here, so no bfloat16 product can round differently; `test_muon_matches_torch` covers them.)
   """
   gamma = 0.97
-  with _precision(np.float64):
+  with precision(np.float64):
     runs, txs = [], []
     for name, kwargs in SCHEDULE_CASES:
       factory, torch_cls, single_tensor, problem = OPTIMIZERS[name]
@@ -357,7 +343,7 @@ def test_muon_matches_torch(dtype_id):
     tol = TOLERANCE[dtype]
     for index, key in enumerate(MUON_SHAPES):
       inputs = np.stack([grad for grad, _ in result.torch.newton_schulz[index::len(MUON_SHAPES)]])
-      with _precision(dtype):
+      with precision(dtype):
         ours_ns = np.asarray(
             newton_schulz(jnp.asarray(inputs), coefficients, jnp.int32(kwargs.get("ns_steps", 5)), jnp.float32(1e-7))
         ).astype(np.float32)

@@ -11,7 +11,6 @@ implementations part ways.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import jax
@@ -20,6 +19,7 @@ import numpy as np
 import optax
 import pytest
 import torch
+from _torch_reference import precision
 
 import gradcore_jax as gcj
 
@@ -48,21 +48,6 @@ def _torch_loss(params, x, y):
   hidden = torch.tanh(x @ params["w1"] + params["b1"])
   pred = hidden @ params["w2"] + params["b2"]
   return torch.mean((pred - y) ** 2) + 0.01 * torch.sum(params["w1"] ** 4)
-
-
-@contextlib.contextmanager
-def _precision(dtype):
-  """float64 runs need x64 in JAX and float64 scalar state (step, mu_product) in torch."""
-  if dtype == np.float64:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-      with jax.enable_x64(True):
-        yield
-    finally:
-      torch.set_default_dtype(previous)
-  else:
-    yield
 
 
 def run_torch(torch_cls, kwargs, dtype, steps=STEPS, gamma=None, before_step=None):
@@ -229,7 +214,7 @@ CASES: list[tuple[str, Any, dict, Any, dict]] = [
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_trajectory_matches_torch_optim(case, dtype):
   _, torch_cls, torch_kwargs, factory, kwargs = case
-  with _precision(dtype):
+  with precision(dtype):
     theirs = run_torch(torch_cls, torch_kwargs, dtype)
     ours = run_jax(factory(**kwargs), dtype)
   assert_same_trajectory(ours, theirs, dtype)
@@ -249,7 +234,7 @@ def test_exponential_lr_schedule_matches_torch(case):
   gamma, lr0 = 0.97, torch_kwargs.get("lr", factory.__defaults__[0])
   # Written out rather than `optax.exponential_decay`, which evaluates in float32 even under x64.
   schedule = lambda count: lr0 * gamma**count  # noqa: E731
-  with _precision(np.float64):
+  with precision(np.float64):
     theirs = run_torch(torch_cls, torch_kwargs, np.float64, gamma=gamma)
     ours = run_jax(factory(**{**kwargs, "learning_rate": schedule}), np.float64)
   assert_same_trajectory(ours, theirs, np.float64)
@@ -277,7 +262,7 @@ def _numpy_sgd_ema(lr_at, beta, steps, dtype):
 @pytest.mark.parametrize("schedule", [False, True], ids=["constant", "exponential"])
 def test_sgd_ema_matches_article_rule(schedule, dtype):
   lr = (lambda count: 0.05 * 0.97**count) if schedule else 0.05
-  with _precision(dtype):
+  with precision(dtype):
     theirs = _numpy_sgd_ema(lambda t: 0.05 * 0.97**t if schedule else 0.05, 0.9, STEPS, dtype)
     ours = run_jax(gcj.sgd_ema(lr, beta=0.9), dtype)
   assert_same_trajectory(ours, theirs, dtype)
@@ -285,7 +270,7 @@ def test_sgd_ema_matches_article_rule(schedule, dtype):
 
 def test_sgd_ema_differs_from_torch_momentum_only_by_its_zero_start():
   """torch SGD(momentum=b, dampening=b) sets buf=g on step 1; the article's EMA starts at 0."""
-  with _precision(np.float64):
+  with precision(np.float64):
     torch_traj = run_torch(torch.optim.SGD, dict(lr=0.05, momentum=0.9, dampening=0.9), np.float64, steps=3)
     ours = run_jax(gcj.sgd_ema(0.05, beta=0.9), np.float64, steps=3)
   params, _, _ = _problem(np.float64)
@@ -339,7 +324,7 @@ def _set_group_momentum(name):
 @pytest.mark.parametrize("case", MOMENTUM_CASES, ids=[c[0] for c in MOMENTUM_CASES])
 def test_momentum_and_b1_schedules_match_torch_param_group_changes(case, dtype):
   _, torch_cls, torch_kwargs, factory, kwargs, name = case
-  with _precision(dtype):
+  with precision(dtype):
     theirs = run_torch(torch_cls, torch_kwargs, dtype, before_step=_set_group_momentum(name))
     values = jnp.asarray(MOMENTUM_VALUES, dtype=jnp.result_type(float))
     ours = run_jax(factory(**kwargs, **{name: lambda count: values[count]}), dtype)

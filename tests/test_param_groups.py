@@ -9,14 +9,13 @@ sides, so the comparison isolates the optimizers: every parameter after every on
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 import torch
+from _torch_reference import precision
 
 import gradcore_jax as gcj
 
@@ -25,20 +24,6 @@ SHAPES = {"w1": (6, 5), "b1": (5,), "w2": (5, 3), "b2": (3,), "scale": (3,)}
 TOLERANCE = {np.float64: 1e-10, np.float32: 1e-5}
 
 torch.set_num_threads(1)
-
-
-@contextlib.contextmanager
-def _precision(dtype):
-  if dtype == np.float64:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-      with jax.enable_x64(True):
-        yield
-    finally:
-      torch.set_default_dtype(previous)
-  else:
-    yield
 
 
 def _start(dtype):
@@ -128,7 +113,7 @@ def test_adamw_two_groups_with_their_own_lr_decay_and_betas_match_torch(dtype):
                                                             "b2": 0.99}},
       learning_rate=0.01,
   )
-  with _precision(dtype):
+  with precision(dtype):
     grads, theirs = run_torch(torch_optimizer, dtype)
     ours = run_jax(tx, dtype, grads)
   assert_same_trajectory(ours, theirs, dtype)
@@ -154,7 +139,7 @@ def test_sgd_momentum_per_group_matches_torch(dtype):
                                               "weight_decay": 0.01}},
       learning_rate=0.05,
   )
-  with _precision(dtype):
+  with precision(dtype):
     grads, theirs = run_torch(torch_optimizer, dtype)
     ours = run_jax(tx, dtype, grads)
   assert_same_trajectory(ours, theirs, dtype)
@@ -169,7 +154,7 @@ def test_no_decay_groups_matches_torch_ndim_rule(dtype):
                              weight_decay=0.3)
 
   tx = gcj.no_decay_groups(gcj.adamw, learning_rate=0.01, weight_decay=0.3)
-  with _precision(dtype):
+  with precision(dtype):
     grads, theirs = run_torch(torch_optimizer, dtype)
     ours = run_jax(tx, dtype, grads)
   assert_same_trajectory(ours, theirs, dtype)
@@ -194,7 +179,7 @@ def test_per_group_schedules_match_torch_lambda_lr():
           "no_decay": {"learning_rate": lambda c: 0.02 / (1 + 0.05 * c), "amsgrad": True},
       },
   )
-  with _precision(np.float64):
+  with precision(np.float64):
     grads, theirs = run_torch(torch_optimizer, np.float64, scheduler)
     ours = run_jax(tx, np.float64, grads)
   assert_same_trajectory(ours, theirs, np.float64)

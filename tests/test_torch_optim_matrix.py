@@ -27,7 +27,6 @@ trajectories stay within 1e-6 of float64 arithmetic on the same gradients.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import os
@@ -43,6 +42,7 @@ import numpy as np
 import optax
 import pytest
 import torch
+from _torch_reference import precision
 
 import gradcore_jax as gcj
 
@@ -201,25 +201,6 @@ def gradient(key: str, param: np.ndarray, step: int) -> np.ndarray:
   param = param.astype(np.float64)
   quadratic = (CURVATURE[key] @ (param - CENTRE[key]).reshape(-1)).reshape(param.shape)
   return quadratic + 0.1 * param**3 + NOISE[key][step]
-
-
-@contextlib.contextmanager
-def precision(dtype):
-  """float64 runs need x64 in JAX and float64 scalar state in torch; float32 runs use torch's float32 default.
-
-  Torch keeps its `step` counters (and NAdam's `mu_product`) in the default dtype. Left at
-  float32 under float64 params, Adam's `differentiable` path computes its bias corrections
-  in float32 (7.8e-6 from float64 arithmetic) and NAdam's coefficients carry float32
-  rounding (3e-10), so float64 runs set torch's default to float64. float32 runs keep the
-  float32 default, as torch's own tests do.
-  """
-  previous = torch.get_default_dtype()
-  torch.set_default_dtype(torch.float64 if dtype == np.float64 else torch.float32)
-  try:
-    with jax.enable_x64(True) if dtype == np.float64 else contextlib.nullcontext():
-      yield
-  finally:
-    torch.set_default_dtype(previous)
 
 
 def run_torch(

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 import pytest
 import torch
+from _torch_reference import precision
 
 import gradcore_jax as gcj
 from gradcore_jax import torch_state
@@ -37,20 +38,6 @@ MATRIX_SHAPES = {"w1": (6, 5), "b1": (1, 5), "w2": (5, 3), "b2": (1, 3)}
 TOLERANCE = {np.float64: 1e-10, np.float32: 1e-5}
 
 torch.set_num_threads(1)
-
-
-@contextlib.contextmanager
-def _precision(dtype):
-  if dtype == np.float64:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-      with jax.enable_x64(True):
-        yield
-    finally:
-      torch.set_default_dtype(previous)
-  else:
-    yield
 
 
 def _start(dtype, shapes=SHAPES):
@@ -202,7 +189,7 @@ def test_continues_a_torch_run_both_ways(case):
   name, cls, kwargs, factory, fkwargs = case
   make = _torch_optimizer(cls, kwargs)
   tx = factory(**fkwargs)
-  with _precision(np.float64):
+  with precision(np.float64):
     ref = reference(make, np.float64)
     theirs = ref.history[HALF:]
     # torch -> gradcore_jax: 50 torch steps, convert, 50 gradcore_jax steps.
@@ -316,7 +303,7 @@ def test_muon_continues_a_torch_run_both_ways(case):
   make = _torch_optimizer(torch.optim.Muon, kwargs)
   tx = gcj.muon(**{("learning_rate" if k == "lr" else k): v for k, v in kwargs.items()})
   calls: list = []
-  with _precision(np.float64):
+  with precision(np.float64):
     with _recording_newton_schulz(calls):
       ref = reference(make, np.float64, shapes=MATRIX_SHAPES)
     allowance, flips = _muon_allowance(calls, kwargs)
@@ -358,7 +345,7 @@ def test_adafactor_param_groups_both_ways_without_a_template():
       {"decay": {"weight_decay": 0.1}, "no_decay": {"learning_rate": 0.02, "weight_decay": 0.0, "d": 1.5}},
       learning_rate=0.01,
   )
-  with _precision(np.float64):
+  with precision(np.float64):
     ref = reference(make, np.float64)
     params = ref.history[HALF - 1]
     state = gcj.from_torch_state_dict(ref.state_dict, tx, jax.tree.map(jnp.asarray, params))
@@ -378,7 +365,7 @@ def test_adafactor_param_groups_both_ways_without_a_template():
 
 def test_adafactor_statistics_convert_only_in_torchs_layout():
   """A transposed kernel factors over other axes than torch's weight: its row/column statistics are refused, by name."""
-  with _precision(np.float64):
+  with precision(np.float64):
     ref = reference(_torch_optimizer(torch.optim.Adafactor, dict(lr=0.01, foreach=False)), np.float64)
     params = {k: jnp.asarray(v.T) for k, v in ref.history[HALF - 1].items()}  # w1, w2 as (in, out) kernels
     layouts = {k: (1, 0) if len(SHAPES[k]) == 2 else None for k in NAMES}
@@ -447,7 +434,7 @@ def test_param_groups_both_ways_without_a_template():
       {"decay": {"weight_decay": 0.2}, "no_decay": {"learning_rate": 0.02, "weight_decay": 0.0, "b1": 0.8, "b2": 0.99}},
       learning_rate=0.01,
   )
-  with _precision(np.float64):
+  with precision(np.float64):
     ref = reference(make, np.float64)
     params = ref.history[HALF - 1]
     state = gcj.from_torch_state_dict(ref.state_dict, tx, jax.tree.map(jnp.asarray, params))
@@ -474,7 +461,7 @@ def test_sgd_momentum_groups_both_ways():
   tx = gcj.param_groups(gcj.sgd, labels, {"first": {"momentum": 0.9},
                                           "second": {"learning_rate": 0.02, "momentum": 0.5, "nesterov": True}},
                         learning_rate=0.05)
-  with _precision(np.float64):
+  with precision(np.float64):
     ref = reference(make, np.float64)
     params = ref.history[HALF - 1]
     state = gcj.from_torch_state_dict(ref.state_dict, tx, jax.tree.map(jnp.asarray, params))
@@ -492,7 +479,7 @@ def test_learning_rate_schedule_counter_and_check():
   sched = lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, 0.97)  # noqa: E731
   schedule = lambda count: 0.01 * 0.97**count  # noqa: E731
   described = gcj.param_groups(gcj.adam, "all", {"all": {}}, learning_rate=schedule)
-  with _precision(np.float64):
+  with precision(np.float64):
     ref = reference(make, np.float64, sched)
     params = ref.history[HALF - 1]
     for tx in (gcj.adam(learning_rate=schedule), described):
@@ -515,7 +502,7 @@ def test_learning_rate_schedule_counter_and_check():
 def test_sgd_records_no_step_so_schedules_need_it():
   make = _torch_optimizer(torch.optim.SGD, dict(lr=0.05, momentum=0.9))
   tx = gcj.sgd(learning_rate=lambda count: 0.05 * 0.99**count, momentum=0.9)
-  with _precision(np.float64):
+  with precision(np.float64):
     ref = reference(make, np.float64, lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, 0.99))
     params = jax.tree.map(jnp.asarray, ref.history[HALF - 1])
     with pytest.raises(ValueError, match="pass step="):
@@ -532,7 +519,7 @@ def test_inject_hyperparams_take_torch_group_values():
   """torch's StepLR cuts the lr at step 50; the injected learning_rate takes torch's current value."""
   make = _torch_optimizer(torch.optim.Adam, dict(lr=0.01, betas=(0.85, 0.995)))
   sched = lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=HALF, gamma=0.1)  # noqa: E731
-  with _precision(np.float64):
+  with precision(np.float64):
     ref = reference(make, np.float64, sched)
     tx = optax.inject_hyperparams(gcj.adam)(learning_rate=0.01)  # b1, b2 wrong on purpose: injected, so loaded
     params = ref.history[HALF - 1]
@@ -559,7 +546,7 @@ def test_injected_schedule_resumes_and_writes_the_next_rate():
   tx = optax.inject_hyperparams(gcj.adam)(learning_rate=schedule)
   make = _torch_optimizer(torch.optim.Adam, dict(lr=0.01))
   sched = lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, 0.97)  # noqa: E731
-  with _precision(np.float64):
+  with precision(np.float64):
     ref = reference(make, np.float64, sched)
     params = ref.history[HALF - 1]
     state = gcj.from_torch_state_dict(ref.state_dict, tx, jax.tree.map(jnp.asarray, params))
@@ -587,7 +574,7 @@ def test_order_and_layouts_for_a_flax_model():
   opt = torch.optim.Adam(model.parameters(), lr=0.01, amsgrad=True)
   xs, ys = rng.standard_normal((2 * HALF, 8, 6)), rng.standard_normal((2 * HALF, 8, 3))
   grads, history = [], []
-  with _precision(np.float64):
+  with precision(np.float64):
     for t in range(2 * HALF):
       if t == HALF:
         middle = copy.deepcopy(opt.state_dict())
@@ -639,7 +626,7 @@ def test_flax_kernel_layout_and_permutations():
 
 @pytest.fixture(scope="module")
 def adam_reference():
-  with _precision(np.float64):
+  with precision(np.float64):
     return reference(_torch_optimizer(torch.optim.Adam, dict(lr=0.01, amsgrad=True)), np.float64)
 
 
@@ -650,7 +637,7 @@ def _params64(ref):
 def test_blocks_are_found_by_type_wherever_they_sit(adam_reference):
   """Adam's state inside nested chains, after a clipping block, converts as in a plain `gcj.adam`."""
   tx = optax.chain(gcj.transforms.clip_grad_norm(1e9), optax.chain(gcj.adam(learning_rate=0.01, amsgrad=True)))
-  with _precision(np.float64):
+  with precision(np.float64):
     params = _params64(adam_reference)
     state = gcj.from_torch_state_dict(adam_reference.state_dict, tx, params)
     grads = jax.tree.map(jnp.asarray, adam_reference.grads[HALF])
@@ -663,7 +650,7 @@ def test_blocks_are_found_by_type_wherever_they_sit(adam_reference):
 
 
 def test_another_optimizers_state_dict_is_rejected(adam_reference):
-  with _precision(np.float64):
+  with precision(np.float64):
     params = _params64(adam_reference)
     with pytest.raises(ValueError, match=r"has \['amsgrad'\].*not a torch RAdam"):
       gcj.from_torch_state_dict(adam_reference.state_dict, gcj.radam(), params)
@@ -676,14 +663,14 @@ def test_another_optimizers_state_dict_is_rejected(adam_reference):
 
 
 def test_momentum_mismatch_is_rejected():
-  with _precision(np.float64):
+  with precision(np.float64):
     ref = reference(_torch_optimizer(torch.optim.SGD, dict(lr=0.05, momentum=0.9)), np.float64)
     with pytest.raises(ValueError, match="momentum=0.9, but the optimizer of tx keeps no state for it"):
       gcj.from_torch_state_dict(ref.state_dict, gcj.sgd(learning_rate=0.05), _params64(ref))
 
 
 def test_missing_and_extra_leaves_are_named(adam_reference):
-  with _precision(np.float64):
+  with precision(np.float64):
     params = _params64(adam_reference)
     broken = copy.deepcopy(adam_reference.state_dict)
     del broken["state"][2]  # NAMES[2] == "w1"
@@ -712,7 +699,7 @@ def test_missing_and_extra_leaves_are_named(adam_reference):
 
 
 def test_recorded_hyperparameters_are_checked_strict_or_warned(adam_reference):
-  with _precision(np.float64):
+  with precision(np.float64):
     params = _params64(adam_reference)
     tx = gcj.param_groups(gcj.adam, "all", {"all": {}}, learning_rate=0.02, amsgrad=True)
     with pytest.raises(ValueError, match=r"param_groups\[0\] has lr=0.01, but param group .all. of tx has 0.02"):
@@ -729,7 +716,7 @@ def test_recorded_hyperparameters_are_checked_strict_or_warned(adam_reference):
 
 def test_plain_optimizer_to_torch_needs_its_hyperparameters(adam_reference):
   tx = gcj.adam(learning_rate=0.01, amsgrad=True)
-  with _precision(np.float64):
+  with precision(np.float64):
     params = _params64(adam_reference)
     state = gcj.from_torch_state_dict(adam_reference.state_dict, tx, params)
     with pytest.raises(ValueError, match=r"\['lr', 'betas', 'eps', 'weight_decay', 'maximize', "
@@ -747,7 +734,7 @@ def test_plain_optimizer_to_torch_needs_its_hyperparameters(adam_reference):
 def test_numpy_state_dicts_need_no_torch(adam_reference):
   """Plain dicts of NumPy arrays and floats work, and converting imports no torch."""
   tx = gcj.adam(learning_rate=0.01, amsgrad=True)
-  with _precision(np.float64):
+  with precision(np.float64):
     params = _params64(adam_reference)
     from_tensors = gcj.from_torch_state_dict(adam_reference.state_dict, tx, params)
     as_numpy = gcj.to_torch_state_dict(from_tensors, tx, params, param_groups=adam_reference.state_dict["param_groups"],
