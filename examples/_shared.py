@@ -9,6 +9,7 @@ import argparse
 import functools
 import pathlib
 from typing import Any
+from typing import Optional
 
 from gradcore_jax import experiments
 from gradcore_jax import losses
@@ -24,13 +25,19 @@ HIDDEN = 32
 QUICK_EPOCHS = 3
 
 
-def parser(description: str, *, plots: bool = False) -> argparse.ArgumentParser:
-  """An argument parser with `--quick` (the CI smoke-test budget) and, with `plots`, `--out`/`--no-plot`."""
+OUT_ROOT = pathlib.Path("gradcore-examples")
+
+
+def parser(description: str, *, plots: Optional[str] = None) -> argparse.ArgumentParser:
+  """An argument parser with `--quick` (the CI smoke-test budget) and, when `plots` names the
+  example, `--out`/`--no-plot`: its plots go to `./gradcore-examples/<plots>/` by default, a
+  folder of its own (so no example overwrites another's, or `gradcore-jax compare`'s)."""
   result = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
   result.add_argument("--quick", action="store_true", help="a few seconds' run (what the smoke test uses)")
-  if plots:
-    result.add_argument("--out", type=pathlib.Path, default=pathlib.Path("gradcore-compare"), metavar="DIR",
-                        help="directory for the PNG plots (default: ./gradcore-compare/)")
+  if plots is not None:
+    default = OUT_ROOT / plots
+    result.add_argument("--out", type=pathlib.Path, default=default, metavar="DIR",
+                        help=f"directory for the PNG plots (default: ./{default}/)")
     result.add_argument("--no-plot", action="store_true", help="write no plots")
   return result
 

@@ -9,14 +9,15 @@ Run: python examples/flax_linen.py [--quick]
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
+from typing import Sequence
 
+import _shared
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax.training.train_state import TrainState
 
-import _shared
 import gradcore_jax as gcj
 from gradcore_jax.training import fit
 

@@ -8,12 +8,13 @@ Run: python examples/flax_nnx.py [--quick]
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
+from typing import Sequence
 
+import _shared
 import jax
 from flax import nnx
 
-import _shared
 import gradcore_jax as gcj
 from gradcore_jax.training import fit
 

@@ -11,11 +11,12 @@ Run: python examples/huber_rmsprop.py [--quick]
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
-import numpy as np
+from typing import Optional
+from typing import Sequence
 
 import _shared
+import numpy as np
+
 import gradcore_jax as gcj
 from gradcore_jax import experiments
 from gradcore_jax.training import fit

@@ -13,12 +13,13 @@ Run: python examples/loss_vs_metric.py [--quick]   (it takes a few seconds eithe
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
+from typing import Sequence
 
+import _shared
 import jax
 import numpy as np
 
-import _shared
 import gradcore_jax as gcj
 from gradcore_jax import losses
 from gradcore_jax import metrics
@@ -57,7 +58,7 @@ def within_an_epoch() -> FitResult:
   result = train(10)
   stats = result.stats
   print("batch  loss of this batch  running MSE of the epoch so far")
-  for i, (loss, running) in enumerate(zip(stats.batch_losses, stats.running_losses), start=1):
+  for i, (loss, running) in enumerate(zip(stats.batch_losses, stats.running_losses, strict=True), start=1):
     print(f"{i:5d}  {loss:18.4f}  {running:31.4f}")
   print(f"""
  - loss of this batch: the MSE of its 10 examples under the weights before its update; its gradient

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import pathlib
 import sys
-from typing import Optional, Sequence
-
-import numpy as np
+from typing import Optional
+from typing import Sequence
 
 import _shared
+import numpy as np
+
 import gradcore_jax as gcj
 from gradcore_jax import cli
 from gradcore_jax import experiments

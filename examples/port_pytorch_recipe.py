@@ -28,19 +28,21 @@ from __future__ import annotations
 
 import copy
 import pathlib
-from typing import Any, Optional, Sequence
+from typing import Any
+from typing import Optional
+from typing import Sequence
 
 import jax
 
 jax.config.update("jax_enable_x64", True)  # the comparison is in float64, as the torch side
 
+import _shared  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
-import _shared  # noqa: E402
 import gradcore_jax as gcj  # noqa: E402
 
 HIDDEN, CLASSES = 64, 10
@@ -138,7 +140,8 @@ def torch_weights(params: dict[str, Any]) -> dict[str, torch.Tensor]:
 def torch_order(model: TorchMLP, params: dict[str, Any]) -> dict[str, Any]:
   """Each Flax leaf's index in the torch optimizer's state_dict: torch numbers the parameters
   group after group (decay, then no_decay), each in `model.parameters()` order."""
-  names = [n for n, p in model.named_parameters() if p.ndim > 1] + [n for n, p in model.named_parameters() if p.ndim <= 1]
+  named = list(model.named_parameters())
+  names = [n for n, p in named if p.ndim > 1] + [n for n, p in named if p.ndim <= 1]
   index = {name: i for i, name in enumerate(names)}
   return jax.tree_util.tree_map_with_path(lambda path, _: index[torch_name(path)], params)
 
@@ -157,15 +160,15 @@ def jax_train(tx, params, loader, epochs, start_epoch=0, opt_state=None):
 
 
 def largest_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
-  return max(float(np.max(np.abs(np.asarray(u) - np.asarray(v)))) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  return max(float(np.max(np.abs(np.asarray(u) - np.asarray(v)))) for u, v in pairs)
 
 
 # --------------------------------------------------------------------------------------
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = _shared.parser(__doc__, plots=True)
-  parser.set_defaults(out=pathlib.Path("port-pytorch-recipe"))
+  parser = _shared.parser(__doc__, plots="port_pytorch_recipe")
   args = parser.parse_args(argv)
   torch.set_default_dtype(torch.float64)
   torch.manual_seed(0)
@@ -198,7 +201,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   # 2. torch's half-way state_dict, imported: gradcore_jax finishes the run.
   weights, optimizer_state, _ = saved
   params_half = flax_params(weights)
-  imported = gcj.from_torch_state_dict(optimizer_state, tx, params_half, order=order, layouts=gcj.torch_state.flax_kernel_layout)
+  imported = gcj.from_torch_state_dict(optimizer_state, tx, params_half, order=order,
+                                       layouts=gcj.torch_state.flax_kernel_layout)
   rest, jax_final2, _ = jax_train(tx, params_half, loader, epochs - half, start_epoch=half, opt_state=imported)
   steps_half = half * len(loader)
   run2 = np.max(np.abs(rest - torch_losses[steps_half:]))
@@ -240,7 +244,8 @@ def plot(torch_losses: np.ndarray, jax_losses: np.ndarray, out: pathlib.Path) ->
   out.mkdir(parents=True, exist_ok=True)
   steps = np.arange(1, len(torch_losses) + 1)
   fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=(3, 2))
-  top.plot(steps, torch_losses, color="tab:orange", linewidth=3, label="PyTorch (AdamW groups, OneCycleLR, clip_grad_norm_)")
+  top.plot(steps, torch_losses, color="tab:orange", linewidth=3,
+           label="PyTorch (AdamW groups, OneCycleLR, clip_grad_norm_)")
   top.plot(steps, jax_losses, color="black", linestyle="--", linewidth=1, label="gradcore_jax twin (drawn on top)")
   top.set_ylabel("batch loss (cross-entropy)")
   top.set_yscale("log")

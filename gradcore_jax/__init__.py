@@ -2,17 +2,19 @@
 
 The optimizers are Optax `GradientTransformation`s that reproduce `torch.optim`:
 
-    import gradcore_jax as gcj
-    tx = gcj.rmsprop(1e-3, alpha=0.99)
+    >>> import gradcore_jax as gcj
+    >>> tx = gcj.rmsprop(1e-3, alpha=0.99)  # torch.optim.RMSprop(params, lr=1e-3, alpha=0.99)
 
 Modules: `optimizers`, `transforms` (their building blocks, torch's gradient clipping),
 `schedules` (every `torch.optim.lr_scheduler`), `param_groups` (torch-style groups),
 `torch_state` (torch optimizer `state_dict` import/export), `losses`, `metrics`, `data`
-(`DataLoader`), `training` (`fit`, `evaluate`, `TrainingStats`), `checkpoint`
+(`DataLoader`), `training` (`fit`, `evaluate`, `TrainingStats`), `callbacks` (for `fit`:
+`EarlyStopping`, `CSVLogger`, `TensorBoard`), `checkpoint`
 (`Checkpointer`, needs the `checkpoint` extra: orbax is imported on first use).
 """
 
 from gradcore_jax import averaging
+from gradcore_jax import callbacks
 from gradcore_jax import checkpoint
 from gradcore_jax import data
 from gradcore_jax import losses
@@ -35,6 +37,7 @@ from gradcore_jax.optimizers import adam
 from gradcore_jax.optimizers import adamax
 from gradcore_jax.optimizers import adamw
 from gradcore_jax.optimizers import asgd
+from gradcore_jax.optimizers import lbfgs
 from gradcore_jax.optimizers import muon
 from gradcore_jax.optimizers import nadam
 from gradcore_jax.optimizers import radam
@@ -50,6 +53,7 @@ from gradcore_jax.torch_state import from_torch_state_dict
 from gradcore_jax.torch_state import to_torch_state_dict
 from gradcore_jax.training import FitResult
 from gradcore_jax.training import NonFiniteLossError
+from gradcore_jax.training import TooManySkippedStepsError
 from gradcore_jax.training import TrainingStats
 from gradcore_jax.training import evaluate
 from gradcore_jax.training import fit
@@ -63,6 +67,7 @@ __all__ = [
   "MultiTensorState",
   "NonFiniteLossError",
   "StateMemory",
+  "TooManySkippedStepsError",
   "TrainingStats",
   "adadelta",
   "adafactor",
@@ -72,12 +77,14 @@ __all__ = [
   "adamw",
   "asgd",
   "averaging",
+  "callbacks",
   "checkpoint",
   "data",
   "decay_label",
   "evaluate",
   "fit",
   "from_torch_state_dict",
+  "lbfgs",
   "losses",
   "metrics",
   "multi_tensor",

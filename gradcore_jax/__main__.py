@@ -1,5 +1,5 @@
 """`python -m gradcore_jax ...` runs the `gradcore-jax` command."""
 
-from gradcore_jax.cli import main
+from gradcore_jax.compare.cli import main
 
 raise SystemExit(main())

@@ -37,10 +37,12 @@ def is_static_zero(value: Any) -> bool:
 
 
 def concrete_value(name: str, value: Any) -> Any:
-  """`value` as a Python float when it can be checked now, else None (a schedule, a tracer).
+  """`value` as a Python float when it can be checked now, else None (a schedule, a tracer, None, a bool).
 
   Raises a ValueError naming `name` for an array hyperparameter that is not a scalar, or a
-  TypeError for one that is not a real number.
+  TypeError for one that is not a real number, and for a value of any other type (a string,
+  a list: `"0.9"` would otherwise reach the update rule and fail there, or be read as a
+  sequence).
   """
   if callable(value) or value is None or isinstance(value, bool):
     return None
@@ -57,7 +59,10 @@ def concrete_value(name: str, value: Any) -> Any:
     if isinstance(value, jax.core.Tracer):
       return None
     return float(value)
-  return None
+  raise TypeError(
+    f"{name} must be a real number or a scalar array (or, where the argument accepts one, a schedule), "
+    f"got {type(value).__name__} {value!r}."
+  )
 
 
 def check_learning_rate(learning_rate: ScalarOrSchedule) -> None:
@@ -68,13 +73,26 @@ def check_learning_rate(learning_rate: ScalarOrSchedule) -> None:
     raise ValueError(f"learning_rate must be a non-negative number or a schedule, got {learning_rate!r}.")
 
 
+def check_flag(name: str, value: Any) -> None:
+  """Raises a TypeError naming `name` unless `value` is a bool (a string such as "no" would count as True)."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be True or False, got {value!r}.")
+
+
+def _require_value(name: str, value: Any) -> None:
+  if value is None:
+    raise TypeError(f"{name} must be a number or a scalar array, got None.")
+
+
 def check_non_negative(name: str, value: Any) -> None:
+  _require_value(name, value)
   number = concrete_value(name, value)
   if number is not None and not number >= 0:  # `not >=` also rejects NaN
     raise ValueError(f"{name} must be >= 0, got {value!r}.")
 
 
 def check_positive(name: str, value: Any) -> None:
+  _require_value(name, value)
   number = concrete_value(name, value)
   if number is not None and not number > 0:  # `not >` also rejects NaN
     raise ValueError(f"{name} must be > 0, got {value!r}.")
@@ -82,6 +100,7 @@ def check_positive(name: str, value: Any) -> None:
 
 def check_unit_interval(name: str, value: Any) -> None:
   """Decay rates live in [0, 1): a rate of 1 never forgets and never learns."""
+  _require_value(name, value)
   number = concrete_value(name, value)
   if number is not None and not 0 <= number < 1:
     raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
@@ -146,11 +165,16 @@ def check_real_floating(tree: Any, *, what: str) -> None:
     return
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     if not _is_real_floating(leaf):
+      kind = f"dtype {_dtype(leaf)}" if _is_array_or_number(leaf) else f"type {type(leaf).__name__}"
       raise TypeError(
-        f"The {what} at {jax.tree_util.keystr(path) or '<root>'} has dtype {_dtype(leaf)}; the optimizers "
+        f"The {what} at {jax.tree_util.keystr(path) or '<root>'} has {kind}; the optimizers "
         "need real floating-point leaves (float16, bfloat16, float32 or float64). Cast the leaf, or keep "
         "it out of the optimizer with `optax.masked` or `optax.partition`."
       )
+
+
+def _is_array_or_number(leaf: Any) -> bool:
+  return hasattr(leaf, "dtype") or isinstance(leaf, (numbers.Number, np.generic))
 
 
 def _dtype(leaf: Any) -> np.dtype:
@@ -158,7 +182,7 @@ def _dtype(leaf: Any) -> np.dtype:
 
 
 def _is_real_floating(leaf: Any) -> bool:
-  return jnp.issubdtype(_dtype(leaf), jnp.floating)
+  return _is_array_or_number(leaf) and jnp.issubdtype(_dtype(leaf), jnp.floating)
 
 
 def _leaf_paths(tree: Any) -> list[str]:
@@ -169,3 +193,95 @@ def _leaf_paths(tree: Any) -> list[str]:
 def require_params(params: Any, block: str) -> None:
   if params is None:
     raise ValueError(f"{block} needs the current parameters: call update(grads, state, params).")
+
+
+def check_state_matches(state: Any, expected: Any, *, optimizer: str, from_gradients: bool = False) -> None:
+  """Raises a ValueError when `state` has another tree structure than `expected`, naming the first difference.
+
+  `expected` is the tree structure of what the optimizer's `init` returns for the current
+  params (e.g. of `jax.eval_shape(tx.init, params)`). Only the structure is compared, at
+  trace time and for free: a state of another optimizer, or of the same one with other
+  options (`amsgrad`, a momentum buffer, weight decay) or for another params tree, always
+  differs there, and would otherwise fail deep inside a block with a raw tree error, or
+  silently drop a buffer. Leaf shapes are compared by each block against the gradients.
+
+  Args:
+    state: the state given to `update`.
+    expected: the `jax.tree.structure` of the state `init` gives.
+    optimizer: how the error names the optimizer, e.g. "adam(amsgrad=True)".
+    from_gradients: `expected` was built from the gradients (no params were given). A
+      difference inside a field of a block's state (its params-shaped buffers) is then left
+      to the blocks, whose errors name the gradient path that does not match: the
+      gradients, not the state, are the likelier culprit. A field that is None on one side
+      only (a buffer of another configuration) is still reported here.
+  """
+  got = jax.tree.structure(state)
+  if got == expected:
+    return
+  path, got_node, want_node, in_field = _first_difference(got, expected, "state", False)
+  if from_gradients and in_field and not (_is_none_node(got_node) or _is_none_node(want_node)):
+    return
+  raise ValueError(
+    f"state is not a state of {optimizer} for these params: at {path} {optimizer} has {_describe_node(want_node)}, "
+    f"but the given state has {_describe_node(got_node)}. Pass the state this optimizer's init returned "
+    "(tx.init(params)); a state of another optimizer, or of this one with other options (amsgrad, momentum, "
+    "weight_decay, ...) or other params, has another structure."
+  )
+
+
+def _first_difference(got: Any, want: Any, path: str, in_field: bool) -> tuple[str, Any, Any, bool]:
+  """`(path, got, wanted, in_field)` at the outermost node where two tree structures part.
+
+  `in_field`: the node lies inside a field of a NamedTuple (a block's state).
+  """
+  got_node, want_node = got.node_data(), want.node_data()
+  got_children, want_children = got.children(), want.children()
+  if got_node is not None and got_node == want_node and len(got_children) == len(want_children):
+    names = _child_names(want_node, len(want_children))
+    in_field = in_field or isinstance(getattr(want_node[0], "_fields", None), tuple)
+    for name, got_child, want_child in zip(names, got_children, want_children, strict=True):
+      if got_child != want_child:
+        return _first_difference(got_child, want_child, path + name, in_field)
+  return path, got, want, in_field
+
+
+def _is_none_node(structure: Any) -> bool:
+  node = structure.node_data()
+  return node is not None and node[0] is type(None)
+
+
+def _child_names(node: tuple[type, Any], count: int) -> list[str]:
+  kind, data = node
+  if kind is dict and isinstance(data, list):
+    return [f"[{key!r}]" for key in data]
+  fields = getattr(kind, "_fields", None)
+  if isinstance(fields, tuple) and len(fields) == count:
+    return [f".{field}" for field in fields]
+  return [f"[{i}]" for i in range(count)]
+
+
+def _describe_node(structure: Any) -> str:
+  """A short phrase for the root of a tree structure ("an array", "None", "ScaleByAdamState(count, mu, ...)")."""
+  node = structure.node_data()
+  if node is None:
+    return "an array"
+  kind, data = node
+  children = structure.children()
+  if kind is type(None):
+    return "None"
+  if kind is dict:
+    return f"a dict with keys {list(data)}"
+  fields = getattr(kind, "_fields", None)
+  if isinstance(fields, tuple):
+    return f"{kind.__name__}({', '.join(fields)})"
+  if kind in (tuple, list):
+    inner = ", ".join(_short(child) for child in children)
+    return f"a {kind.__name__} of {len(children)}: ({inner})"
+  return f"a {kind.__name__}"
+
+
+def _short(structure: Any) -> str:
+  node = structure.node_data()
+  if node is None:
+    return "array"
+  return "None" if node[0] is type(None) else node[0].__name__

@@ -1,8 +1,14 @@
 """Weight averaging: the running averages of `torch.optim.swa_utils.AveragedModel` as pure functions.
 
-    averaged = gcj.averaging.init(params)                          # AveragedModel(model)
-    averaged = gcj.averaging.update(averaged, params)              # .update_parameters(model)
-    gcj.evaluate(apply_fn, loader, params=averaged.params, ...)    # score the average
+    >>> import jax.numpy as jnp
+    >>> import gradcore_jax as gcj
+    >>> averaged = gcj.averaging.init({"w": jnp.zeros(2)})                  # AveragedModel(model)
+    >>> averaged = gcj.averaging.update(averaged, {"w": jnp.ones(2)})       # .update_parameters(model)
+    >>> averaged = gcj.averaging.update(averaged, {"w": jnp.full(2, 3.0)})  # the mean of 1 and 3
+    >>> averaged.params["w"], int(averaged.n_averaged)
+    (Array([2., 2.], dtype=float32), 2)
+
+`gcj.evaluate(apply_fn, loader, params=averaged.params, ...)` scores the average.
 
 The default rule is SWA's equal-weight mean (`swa()`); `ema(decay)` is torch's
 `get_ema_multi_avg_fn(decay)`. As in torch, the first `update` (counter `n_averaged = 0`)

@@ -18,6 +18,14 @@ a NaN or infinite value (`NonFiniteStateError`), so a checkpoint is always a sta
 training can continue from. Arrays are saved exactly (restoring is bit for bit) and
 restored onto the shardings of the tree restored into, so a checkpoint of a sharded run
 comes back sharded. Typed PRNG keys (e.g. Flax NNX `Rngs`) are saved as their key data.
+Python numbers in the state (`{"step": 3, "params": ...}`) are saved in the JSON header
+and restored as the same Python `int`, `float` or `bool`, exactly; NumPy 64-bit arrays
+are refused when JAX would change their values (`jax_enable_x64` off: an int64 beyond
+the int32 range, a float64 beyond float32's). An empty state (`{}`, `None`) saves only
+the record. Any other leaf (a string, an object) raises a TypeError naming its path, and
+a `record` that JSON cannot hold as given (not a dict, a key that is not a string, a
+value that is not a JSON number, string, bool, None, list or dict) a ValueError naming
+its path; tuples come back as lists.
 
 A checkpoint damaged after it was written (files emptied or cut short, a step folder left
 empty, its record missing) raises `UnreadableCheckpointError` naming its folder and what
@@ -58,6 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradcore_jax._typing import PyTree
+from gradcore_jax.data import _canonical
 from gradcore_jax.data import _check_int
 
 __all__ = [
@@ -140,32 +149,51 @@ class Checkpointer:
     return steps[-1] if steps else None
 
   def save(self, step: int, state: PyTree, record: Optional[dict[str, Any]] = None) -> None:
-    """Writes `state` (a pytree of arrays) and `record` (JSON-serialisable) as checkpoint `step`.
+    """Writes `state` and `record` as checkpoint `step`.
 
-    Raises `NonFiniteStateError` naming the leaves with NaN/Inf values (nothing is
-    written), and ValueError when `step` is negative or already saved.
+    Args:
+      step: the checkpoint's number, an int >= 0 not saved yet.
+      state: a pytree of arrays (JAX or NumPy; typed PRNG keys included) and Python
+        numbers; it may be empty (then only `record` is saved).
+      record: None or a dict of JSON values with string keys (positions, counters,
+        `TrainingStats.to_dict()`).
+
+    Raises:
+      NonFiniteStateError: naming the leaves with NaN/Inf values (nothing is written).
+      TypeError: naming the path of a leaf that is neither an array nor a Python number.
+      ValueError: `step` negative or already saved; a NumPy leaf whose values JAX would
+        change (64-bit values out of 32-bit range with `jax_enable_x64` off); a `record`
+        that is not a dict of JSON values, naming the path of the first bad entry.
     """
     step = _check_int("step", step, minimum=0)
     if step in self.steps():
       raise ValueError(f"step {step} is already saved in {self.directory}.")
     paths, leaves = _flatten(state)
+    leaves = [_checked_leaf(path, leaf) for path, leaf in zip(paths, leaves, strict=True)]
+    _check_record(record)
     bad = _non_finite(paths, leaves)
     if bad:
       raise NonFiniteStateError(
         f"Refusing to save a checkpoint at step {step}: non-finite values in {_listed(bad)}. "
         "A checkpoint must be a state training can continue from."
       )
-    stored = {str(i): jax.random.key_data(leaf) if _is_key(leaf) else leaf for i, leaf in enumerate(leaves)}
+    stored = {
+      str(i): jax.random.key_data(leaf) if _is_key(leaf) else leaf
+      for i, leaf in enumerate(leaves)
+      if not _is_python_number(leaf)
+    }
     header = {
       "signature": [_describe(leaf) for leaf in leaves],
       "paths": paths,
       "key_impls": {str(i): str(jax.random.key_impl(leaf)) for i, leaf in enumerate(leaves) if _is_key(leaf)},
+      "scalars": {str(i): leaf for i, leaf in enumerate(leaves) if _is_python_number(leaf)},
       "record": record or {},
     }
     ocp = self._ocp
-    saved = self._manager.save(
-      step, args=ocp.args.Composite(arrays=ocp.args.StandardSave(stored), record=ocp.args.JsonSave(header))
-    )
+    items: dict[str, Any] = {"record": ocp.args.JsonSave(header)}
+    if stored:  # orbax refuses an empty tree of arrays: a state of Python numbers only (or none) is all header
+      items["arrays"] = ocp.args.StandardSave(stored)
+    saved = self._manager.save(step, args=ocp.args.Composite(**items))
     self._manager.wait_until_finished()
     if not saved:
       raise RuntimeError(
@@ -268,7 +296,7 @@ class Checkpointer:
       step = self.latest_step()
       if step is None:
         raise FileNotFoundError(f"No complete checkpoint in {self.directory}.")
-    elif step not in self.steps():
+    elif _check_int("step", step, minimum=0) not in self.steps():
       raise FileNotFoundError(f"No complete checkpoint of step {step} in {self.directory} (it has {self.steps()}).")
     return step
 
@@ -280,16 +308,23 @@ class Checkpointer:
     header = self._header(step)
     paths, leaves = _flatten(like)
     _check_matches(header, paths, leaves, self._path(step))
-    targets = {str(i): _stored_shape(leaf) for i, leaf in enumerate(leaves)}
+    targets = {str(i): _stored_shape(leaf) for i, leaf in enumerate(leaves) if not _is_python_number(leaf)}
     ocp = self._ocp
-    try:
-      arrays = self._manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(targets)))["arrays"]
-    except Exception as err:  # pylint: disable=broad-except  (orbax and tensorstore raise many kinds)
-      raise self._unreadable(step, "its arrays", err) from err
-    impls = header["key_impls"]
+    arrays: dict[str, Any] = {}
+    if targets:
+      try:
+        restore = ocp.args.Composite(arrays=ocp.args.StandardRestore(targets))
+        arrays = self._manager.restore(step, args=restore)["arrays"]
+      except Exception as err:  # pylint: disable=broad-except  (orbax and tensorstore raise many kinds)
+        raise self._unreadable(step, "its arrays", err) from err
+    impls, scalars = header["key_impls"], header.get("scalars", {})  # no "scalars" in older checkpoints
     restored = [
-      jax.random.wrap_key_data(arrays[i], impl=impls[i]) if i in impls else arrays[i]
-      for i in map(str, range(len(leaves)))
+      type(leaf)(scalars[i])
+      if i in scalars
+      else jax.random.wrap_key_data(arrays[i], impl=impls[i])
+      if i in impls
+      else arrays[i]
+      for i, leaf in zip(map(str, range(len(leaves))), leaves, strict=True)
     ]
     bad = _non_finite(paths, restored)
     if bad:
@@ -442,23 +477,81 @@ def _flatten(tree: PyTree) -> tuple[list[str], list[Any]]:
 
 
 def _is_key(leaf: Any) -> bool:
-  return jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+  return not _is_python_number(leaf) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _is_python_number(leaf: Any) -> bool:
+  """A Python `int`, `float` or `bool` (saved in the header, restored as the same type)."""
+  return type(leaf) in (int, float, bool)
+
+
+def _checked_leaf(path: str, leaf: Any) -> Any:
+  """`leaf` if a checkpoint can hold it exactly; NumPy leaves as JAX will restore them.
+
+  Raises a TypeError naming `state{path}` for a leaf that is neither an array nor a
+  Python number, and a ValueError for a NumPy array whose values JAX would change.
+  """
+  name = f"state{path}"
+  if _is_python_number(leaf) or isinstance(leaf, jax.Array):
+    return leaf
+  if isinstance(leaf, (np.ndarray, np.generic)):
+    return _canonical(name, np.asarray(leaf))
+  raise TypeError(
+    f"{name} holds a value of type {type(leaf).__name__}: a checkpoint's state holds arrays and Python numbers "
+    "(int, float, bool). Convert it, or put JSON values in `record`."
+  )
+
+
+def _check_record(record: Any, path: str = "record") -> None:
+  """Raises a ValueError naming the first entry of `record` that JSON does not hold as given."""
+  if path == "record":
+    if record is None:
+      return
+    if not isinstance(record, dict):
+      raise ValueError(f"record must be None or a dict of JSON values, got {type(record).__name__}.")
+  if isinstance(record, dict):
+    for key, value in record.items():
+      if not isinstance(key, str):
+        raise ValueError(f"{path} has the key {key!r}: record keys must be strings (JSON would turn it into one).")
+      _check_record(value, f"{path}[{key!r}]")
+  elif isinstance(record, (list, tuple)):
+    for index, value in enumerate(record):
+      _check_record(value, f"{path}[{index}]")
+  elif not (record is None or isinstance(record, (str, int, float, bool))):  # NumPy's float64 is a float
+    raise ValueError(
+      f"{path} holds a value of type {type(record).__name__}: a record holds JSON values only (str, int, float, "
+      "bool, None, lists and dicts); convert it, e.g. float(x) for a NumPy or JAX number."
+    )
 
 
 def _describe(leaf: Any) -> str:
-  """`float32[64,10]`-style shape and dtype of a leaf (for keys, the key type)."""
-  return f"{leaf.dtype}[{','.join(map(str, np.shape(leaf)))}]"
+  """`float32[64,10]`-style shape and dtype of a leaf (for keys, the key type; `python int` for numbers)."""
+  if _is_python_number(leaf):
+    return f"python {type(leaf).__name__}"
+  dtype = leaf.dtype if _is_key(leaf) else jax.dtypes.canonicalize_dtype(leaf.dtype)  # NumPy int64: int32 w/o x64
+  return f"{dtype}[{','.join(map(str, np.shape(leaf)))}]"
 
 
 def _non_finite(paths: list[str], leaves: list[Any]) -> list[str]:
-  """The paths of the inexact leaves that hold a NaN or an infinity (one transfer)."""
+  """The paths of the inexact leaves that hold a NaN or an infinity (one transfer for the JAX arrays)."""
+  bad = {path for path, leaf in zip(paths, leaves, strict=True) if _host_non_finite(leaf)}
   inexact = [
     (path, leaf)
     for path, leaf in zip(paths, leaves, strict=True)
-    if not _is_key(leaf) and jnp.issubdtype(leaf.dtype, jnp.inexact)
+    if isinstance(leaf, jax.Array) and not _is_key(leaf) and jnp.issubdtype(leaf.dtype, jnp.inexact)
   ]
-  finite = jax.device_get(_all_finite([leaf for _, leaf in inexact]))
-  return [path for (path, _), ok in zip(inexact, finite, strict=True) if not ok]
+  finite = jax.device_get(_all_finite([leaf for _, leaf in inexact])) if inexact else []
+  bad.update(path for (path, _), ok in zip(inexact, finite, strict=True) if not ok)
+  return [path for path in paths if path in bad]
+
+
+def _host_non_finite(leaf: Any) -> bool:
+  """A Python float or a NumPy array (checked on the host) holding a NaN or an infinity."""
+  if type(leaf) is float:
+    return not np.isfinite(leaf)
+  if isinstance(leaf, (np.ndarray, np.generic)) and np.issubdtype(leaf.dtype, np.inexact):
+    return not np.isfinite(leaf).all()
+  return False
 
 
 @jax.jit

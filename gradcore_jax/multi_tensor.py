@@ -29,7 +29,7 @@ leaf's RMS) and `muon` (each leaf orthogonalised as a matrix); packing would cha
 math, and they have no small leaves to gain from it (Muon takes 2-D leaves only, and
 Adafactor's state for a vector is as small as the vector).
 
-State layout (differs from `tx`'s). `MultiTensorState(inner, offsets)`:
+State layout (differs from `tx`'s). `MultiTensorState(inner, offsets, params_signature)`:
 
 * `inner` is `tx`'s state for the packed tree `(flat_buffers, large_leaves)`: a tuple of
   one 1-D buffer per group, then a tuple of the large leaves in tree order. Adam's
@@ -39,9 +39,17 @@ State layout (differs from `tx`'s). `MultiTensorState(inner, offsets)`:
   CPU compiler reuses one compiled kernel for all same-shaped slicing loops only when
   their offsets are runtime values; with constant offsets every leaf gets a kernel of
   its own, which costs more compile time than the packing saves.
+* `params_signature` is static (a pytree node without leaves): the shapes and dtypes of
+  the leaves of the params `init` was given, in tree order.
 
 The layout is a pure function of the tree structure, shapes and dtypes, recomputed from
-the params in `init` and from the gradients in `update`; they must agree.
+the params in `init` and from the gradients in `update`; they must agree. `update` checks
+what the wrapped optimizer checks, before packing (where a `(4, 1)` gradient and a
+`(1, 4)` param would fill the same 4 slots, and `tx` could no longer see the difference):
+the gradients (and the params, when given) must have the leaves, shapes and dtypes
+recorded in `params_signature`, or a ValueError names the first leaf path that differs,
+at trace time. A state that is not a `MultiTensorState` (e.g. the wrapped optimizer's own) is a
+TypeError naming `state`.
 
 `None` gradients and masks: `optax.MaskedNode` leaves (from `optax.masked`) are empty
 subtrees and pass through; `None` leaves are never packed and reach `tx` as they are,
@@ -72,7 +80,7 @@ from gradcore_jax import transforms
 from gradcore_jax._typing import Array
 from gradcore_jax._typing import PyTree
 
-__all__ = ["DEFAULT_MAX_LEAF_SIZE", "MultiTensorState", "multi_tensor"]
+__all__ = ["DEFAULT_MAX_LEAF_SIZE", "MultiTensorState", "ParamsSignature", "multi_tensor"]
 
 DEFAULT_MAX_LEAF_SIZE = 1 << 13
 """Leaves with more elements are left as they are: measured on CPU (`benchmarks`' packing
@@ -101,11 +109,50 @@ def _refuse_leaf_shaped(state: Any) -> None:
       )
 
 
+@jax.tree_util.register_static
+class ParamsSignature:
+  """The shapes and dtypes of the params' leaves that `init` was given, in tree order (static: no leaves).
+
+  Compared at trace time with the gradients and params of every `update`. Only the
+  sequence of leaves counts, not the containers: Flax NNX's `Optimizer` initialises with
+  `Variable`-wrapped params and updates with plain arrays. The leaf paths are kept for
+  error messages only. The hash is computed once, as `jit` hashes the state's tree
+  structure on every call.
+  """
+
+  __slots__ = ("_hash", "leaves", "paths")
+
+  def __init__(self, tree: PyTree) -> None:
+    with_paths = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
+    self.paths = tuple(jax.tree_util.keystr(path) or "<root>" for path, _ in with_paths)
+    self.leaves = tuple(_shape_and_dtype(leaf) for _, leaf in with_paths)
+    self._hash = hash(self.leaves)
+
+  def __eq__(self, other: object) -> bool:
+    if self is other:
+      return True
+    return isinstance(other, ParamsSignature) and self._hash == other._hash and self.leaves == other.leaves
+
+  def __hash__(self) -> int:
+    return self._hash
+
+  def __repr__(self) -> str:
+    return f"ParamsSignature({len(self.leaves)} leaves)"
+
+
+def _shape_and_dtype(leaf: Any) -> tuple[tuple[int, ...], str]:
+  if leaf is None:
+    return (), "None"
+  aval = jax.typeof(leaf)
+  return tuple(aval.shape), str(aval.dtype)
+
+
 class MultiTensorState(NamedTuple):
-  """`tx`'s state over the packed tree, and each packed leaf's offset in its group's buffer."""
+  """`tx`'s state over the packed tree, each packed leaf's offset in its group's buffer, the params' signature."""
 
   inner: optax.OptState
   offsets: tuple[tuple[Array, ...], ...]
+  params_signature: Any  # a ParamsSignature: typed Any so that the state stays an optax.OptState (an array tree)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +263,38 @@ def _none_hint(updates: PyTree) -> str:
   return ""
 
 
+def _check_against_signature(tree: PyTree, signature: ParamsSignature, what: str) -> None:
+  """`tree` (the gradients or the params) must have the leaves, shapes and dtypes recorded at `init`.
+
+  Raises a ValueError naming the first leaf path that differs (a `None` gradient passes).
+  """
+  leaves = jax.tree.leaves(tree, is_leaf=_is_none)
+  if len(leaves) == len(signature.leaves) and all(
+    leaf is None or _shape_and_dtype(leaf) == recorded for leaf, recorded in zip(leaves, signature.leaves, strict=True)
+  ):
+    return
+  where = "the params that multi_tensor(tx).init was given"
+  with_paths = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
+  paths = [jax.tree_util.keystr(path) or "<root>" for path, _ in with_paths]
+  if len(leaves) != len(signature.leaves):
+    extra = [path for path in paths if path not in signature.paths]
+    missing = [path for path in signature.paths if path not in paths]
+    raise ValueError(
+      f"multi_tensor: the {what}s have {len(leaves)} leaves, but {where} had {len(signature.leaves)}"
+      + (f"; only in the {what}s: {', '.join(extra[:3])}" if extra else "")
+      + (f"; only in the params: {', '.join(missing[:3])}" if missing else "")
+      + f". The {what}s must match those params' leaves, shapes and dtypes."
+    )
+  for (path, leaf), (shape, dtype), recorded_path in zip(with_paths, signature.leaves, signature.paths, strict=True):
+    if leaf is None or _shape_and_dtype(leaf) == (shape, dtype):
+      continue
+    raise ValueError(
+      f"multi_tensor: the {what} at {jax.tree_util.keystr(path) or '<root>'} is {jax.typeof(leaf).str_short()}, "
+      f"but {where} had {dtype}[{','.join(map(str, shape))}] there ({recorded_path}). Packing groups leaves "
+      f"by dtype and slices them by shape, so the {what}s must match those params' leaves, shapes and dtypes."
+    )
+
+
 def _check_layouts(grads: _Layout, params: Optional[_Layout], offsets: tuple, updates: PyTree) -> None:
   """The gradients must pack as the params (when given) and as the state was initialized."""
   if params is not None and params != grads:
@@ -247,6 +326,10 @@ def multi_tensor(
     A `GradientTransformationExtraArgs` whose state is a `MultiTensorState`; extra
     keyword arguments of `update` are passed on to `tx`.
   """
+  if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+    raise TypeError(
+      f"tx must be an optax GradientTransformation (e.g. gcj.adam(1e-3)), got {type(tx).__name__} {tx!r}."
+    )
   if isinstance(max_leaf_size, bool) or not isinstance(max_leaf_size, int) or max_leaf_size < 0:
     raise ValueError(f"max_leaf_size must be an int >= 0, got {max_leaf_size!r}.")
   tx = optax.with_extra_args_support(tx)
@@ -254,21 +337,28 @@ def multi_tensor(
   def init_fn(params: PyTree) -> MultiTensorState:
     _refuse_leaf_shaped(jax.eval_shape(tx.init, params))
     layout, leaves = _layout(params, max_leaf_size)
-    return MultiTensorState(inner=tx.init(layout.pack(leaves)), offsets=_offset_arrays(layout))
+    return MultiTensorState(
+      inner=tx.init(layout.pack(leaves)), offsets=_offset_arrays(layout), params_signature=ParamsSignature(params)
+    )
 
   def update_fn(
     updates: PyTree, state: optax.OptState, params: PyTree = None, **extra_args: Any
   ) -> tuple[PyTree, MultiTensorState]:
     if not isinstance(state, MultiTensorState):
       raise TypeError(
-        f"multi_tensor: state must be the MultiTensorState that init returned, got {type(state).__name__}."
+        "multi_tensor: state must be the MultiTensorState that multi_tensor(tx).init(params) returned, got "
+        f"{type(state).__name__} (a state of the wrapped optimizer itself does not fit: its buffers are not packed)."
       )
     _refuse_leaf_shaped(state.inner)
+    _check_against_signature(updates, state.params_signature, "gradient")
+    if params is not None:
+      _check_against_signature(params, state.params_signature, "param")
     layout, grads = _layout(updates, max_leaf_size)
     param_layout, param_leaves = (None, None) if params is None else _layout(params, max_leaf_size)
     _check_layouts(layout, param_layout, state.offsets, updates)
     packed_params = None if param_leaves is None else layout.pack(param_leaves)
     packed_updates, inner = tx.update(layout.pack(grads), state.inner, packed_params, **extra_args)
-    return layout.unpack(packed_updates, state.offsets), MultiTensorState(inner=inner, offsets=state.offsets)
+    new_state = MultiTensorState(inner=inner, offsets=state.offsets, params_signature=state.params_signature)
+    return layout.unpack(packed_updates, state.offsets), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -9,9 +9,10 @@ weight decay, betas, momentum, ...:
 same factory with the group's keywords over shared defaults, and combined with
 `optax.partition` so that every leaf is updated by its group's optimizer:
 
-    tx = gcj.param_groups(gcj.adamw, labels=gcj.decay_label,
-                          groups={"decay": {"weight_decay": 0.1}, "no_decay": {"weight_decay": 0.0}},
-                          learning_rate=1e-3)
+    >>> import gradcore_jax as gcj
+    >>> tx = gcj.param_groups(gcj.adamw, labels=gcj.decay_label,
+    ...                       groups={"decay": {"weight_decay": 0.1}, "no_decay": {"weight_decay": 0.0}},
+    ...                       learning_rate=1e-3)
 
 Each group keeps its own state (its own step count, moments, schedule position), exactly
 as torch keeps one state per parameter and steps every group once per `optimizer.step()`,
@@ -178,7 +179,11 @@ def param_groups(
     _labelled_leaves(_label_tree(labels, params), params, full)  # raises on a bad label or an empty group
     return inner.init(params)
 
-  tx = GradientTransformation(init_fn, inner.update)
+  def update_fn(updates, state, params=None, **extra_args):
+    _check_partition_state(state, full)
+    return inner.update(updates, state, params, **extra_args)
+
+  tx = GradientTransformation(init_fn, update_fn)
   _SPECS[init_fn] = GroupsSpec(factory=factory, groups=full, labels=labels)
   return tx
 
@@ -323,6 +328,21 @@ def _labelled_leaves(label_tree: PyTree, params: PyTree, groups: Mapping[Hashabl
         f"(labels in use: {', '.join(sorted(map(repr, used)))}). Remove the group or fix the labels."
       )
   return result
+
+
+def _check_partition_state(state: Any, groups: Mapping[Hashable, Any]) -> None:
+  """`state` must be an `optax.PartitionState` with one state per group (each group's optimizer checks its own)."""
+  inner_states = getattr(state, "inner_states", None)
+  if not isinstance(state, optax.PartitionState) or not isinstance(inner_states, Mapping):
+    raise TypeError(
+      "param_groups: state must be the optax.PartitionState that this transformation's init returned (one "
+      f"optimizer state per group: {', '.join(map(repr, groups))}), got {type(state).__name__}."
+    )
+  if set(inner_states) != set(groups):
+    raise ValueError(
+      f"param_groups: state holds the groups {', '.join(map(repr, inner_states))}, but this transformation has "
+      f"the groups {', '.join(map(repr, groups))}; pass the state its own init returned."
+    )
 
 
 def _check_label_known(label: Any, path: Optional[str], groups: Mapping[Hashable, Any]) -> None:

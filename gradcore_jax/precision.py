@@ -1,6 +1,12 @@
 """Optimizer state in a wider dtype than the params: float32 moments for bfloat16/float16 models.
 
-    tx = gcj.with_state_dtype(gcj.adam(1e-3), jnp.float32)
+    >>> import jax.numpy as jnp
+    >>> import gradcore_jax as gcj
+    >>> tx = gcj.with_state_dtype(gcj.adam(1e-3), jnp.float32)
+    >>> params = {"w": jnp.ones(3, jnp.bfloat16)}
+    >>> updates, state = tx.update({"w": jnp.full(3, 1e-3, jnp.bfloat16)}, tx.init(params), params)
+    >>> updates["w"].dtype, state[0].nu["w"].dtype  # updates in the params' dtype, moments in float32
+    (dtype(bfloat16), dtype('float32'))
 
 Every block of the package stores its state in the dtype of the params it is initialised
 with and computes in the gradient's dtype. Float16 state underflows (Adam's `g**2` is 0 for

@@ -2,9 +2,9 @@
 
     python tests/_resume_run.py DIR OUT [--kill-at K] [--compiled]
 
-Trains a small Flax NNX model with dropout (so its RNG state matters) on synthetic data
-in which one target is infinite (so `on_nonfinite="skip"` skips one step per epoch),
-with gradient clipping, checkpointing into DIR every few steps and resuming from DIR
+Trains a small Flax NNX model with BatchNorm and dropout (so its batch statistics and RNG
+state matter) on synthetic data in which one target is infinite (so `on_nonfinite="skip"`
+skips one step per epoch), with gradient clipping, checkpointing into DIR every few steps and resuming from DIR
 when it holds a checkpoint. With `--kill-at K` the process sends itself SIGKILL when the
 loader is asked for the run's K-th batch (counted from 0), i.e. mid-epoch, after the
 checkpoints before it are complete. At the end it writes the final model state
@@ -49,11 +49,12 @@ class KillingLoader(gcj.DataLoader):
 class Model(nnx.Module):
   def __init__(self, rngs: nnx.Rngs) -> None:
     self.hidden = nnx.Linear(FEATURES, 16, rngs=rngs)
+    self.norm = nnx.BatchNorm(16, momentum=0.9, rngs=rngs)
     self.dropout = nnx.Dropout(0.25, rngs=rngs)
     self.out = nnx.Linear(16, 1, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.out(self.dropout(nnx.tanh(self.hidden(x))))[:, 0]
+    return self.out(self.dropout(nnx.tanh(self.norm(self.hidden(x)))))[:, 0]
 
 
 def main() -> None:

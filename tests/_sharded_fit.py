@@ -14,6 +14,9 @@ and is evaluated in batches of 24 (the last one 4 real rows). The runs:
   its mid-epoch checkpoint at step 10 in a second `fit` call.
 * `explicit`: an Explicit-typed mesh, the same FSDP layout (the model gathers each
   weight with `jax.sharding.reshard`, as Explicit axes require), as a compiled epoch.
+* `modes` (reported apart): a linen MLP with BatchNorm and Dropout (model state and
+  per-step RNG keys), on one device and on the Auto mesh: BatchNorm's statistics are
+  those of the global batch, and the dropout masks are the same on every layout.
 
 For each run the report gives the largest difference from `single` (params relative to
 their largest magnitude, figures relative), the exactly-counted figures, and the leaves
@@ -141,6 +144,7 @@ def main(checkpoints: str) -> dict:
   one = gcj.evaluate(mlp, evaluation, loss=gcj.losses.cross_entropy, params=single.model, metrics={"accuracy": gcj.metrics.accuracy()})
   eight = gcj.evaluate(mlp, evaluation, loss=gcj.losses.cross_entropy, params=single.model, metrics={"accuracy": gcj.metrics.accuracy()}, mesh=auto, param_sharding=fsdp)
   report["evaluate"] = {"single": one, "mesh": eight}
+  report["modes"] = modes_report(x, y, auto)
   try:
     loader = gcj.DataLoader((x, y), batch_size=12)
     gcj.fit(mlp, optax.sgd(0.1), params=params, loss=gcj.losses.cross_entropy, train_loader=loader, epochs=1, mesh=auto)
@@ -148,6 +152,32 @@ def main(checkpoints: str) -> dict:
   except ValueError as err:
     report["indivisible_batch_error"] = str(err)
   return report
+
+
+def modes_report(x, y, mesh) -> dict:
+  """A linen BatchNorm/Dropout MLP trained on one device and on `mesh`: the differences."""
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top  (only this run needs flax)
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, inputs, train: bool):
+      # No bias before BatchNorm: its gradient is exactly zero, in float32 rounding noise that
+      # Adam scales up to full steps, different on every layout.
+      hidden = nn.Dense(32, use_bias=False)(inputs)
+      hidden = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(hidden))
+      return nn.Dense(3)(nn.Dropout(0.25, deterministic=not train)(hidden))
+
+  variables = Net().init(jax.random.key(0), x[:1], train=False)
+  single, sharded = (
+      run(x, y, variables, model=Net(), seed=5, compiled_epoch=True, **({"mesh": mesh} if on_mesh else {}))
+      for on_mesh in (False, True)
+  )
+  ours, reference = figures(sharded.stats), figures(single.stats)
+  return {
+      "state_difference": relative_difference(sharded.model.variables, single.model.variables),
+      "figures_difference": {k: relative_difference(ours[k], reference[k]) for k in ours},
+      "steps": [int(single.model.step), int(sharded.model.step)],
+  }
 
 
 if __name__ == "__main__":

@@ -241,7 +241,8 @@ def _finish(process: subprocess.Popen) -> int:
 
 def test_a_training_process_killed_mid_epoch_resumes_bit_for_bit(tmp_path: pathlib.Path) -> None:
   """The script checkpoints every 5 steps (8 steps per epoch, 3 epochs, one skipped step per
-  epoch, NNX dropout RNG state); killed when it asks for batch 13 (epoch 1, batch 5)."""
+  epoch, NNX batch statistics and dropout RNG state); killed when it asks for batch 13 (epoch
+  1, batch 5)."""
   reference = _train(tmp_path / "reference", tmp_path / "reference")
   killed = _train(tmp_path / "run", tmp_path / "run", "--kill-at", "13")
   assert _finish(killed) == -signal.SIGKILL
@@ -255,5 +256,67 @@ def test_a_training_process_killed_mid_epoch_resumes_bit_for_bit(tmp_path: pathl
   assert uninterrupted["total_steps"] == 24 and uninterrupted["num_skipped_steps"] == 3
   with np.load(tmp_path / "run.npz") as got, np.load(tmp_path / "reference.npz") as want:
     assert sorted(got.files) == sorted(want.files) and any("rngs" in name for name in got.files)
+    assert any("mean" in name for name in got.files)  # the batch statistics
     for name in want.files:
       assert got[name].dtype == want[name].dtype and got[name].tobytes() == want[name].tobytes(), name
+
+
+# --------------------------------------------------------------------------------------
+# What a state and a record may hold (issue 11): Python numbers exactly, empty trees, and
+# clear errors naming the path for everything else.
+
+
+def test_python_numbers_round_trip_exactly_with_their_types(tmp_path: pathlib.Path) -> None:
+  state = {"step": 2**40 + 1, "lr": 0.1 + 0.2, "flag": True, "negative": -3, "w": jnp.arange(3.0), "n": np.int64(7)}
+  with Checkpointer(tmp_path) as checkpoints:
+    checkpoints.save(1, state, record={"pair": (1, 2)})
+    restored, record = checkpoints.restore(like=state)
+  for name in ("step", "lr", "flag", "negative"):
+    assert type(restored[name]) is type(state[name]) and restored[name] == state[name]
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  assert int(restored["n"]) == 7 and record == {"pair": [1, 2]}  # JSON has no tuples
+  with Checkpointer(tmp_path) as checkpoints, pytest.raises(CheckpointMismatchError, match=r"\['step'\]: checkpoint python int, here python float"):
+    checkpoints.restore(like={**state, "step": 1.0})
+
+
+def test_an_empty_state_saves_the_record_alone(tmp_path: pathlib.Path) -> None:
+  with Checkpointer(tmp_path) as checkpoints:
+    checkpoints.save(1, {}, record={"note": "nothing trained"})
+    checkpoints.save(2, None)
+    checkpoints.save(3, {"only": 5})
+    assert checkpoints.restore(like={}, step=1) == ({}, {"note": "nothing trained"})
+    assert checkpoints.restore(like=None, step=2) == (None, {})
+    assert checkpoints.restore(like={"only": 0}) == ({"only": 5}, {})
+
+
+@pytest.mark.parametrize(
+    ("state", "record", "error", "match"),
+    [
+        ({"a": "text"}, None, TypeError, r"state\['a'\] holds a value of type str"),
+        ({"a": [jnp.ones(1), object()]}, None, TypeError, r"state\['a'\]\[1\] holds a value of type object"),
+        ({"a": np.array([2**40])}, None, ValueError, r"state\['a'\] holds 1099511627776, outside the range of int32"),
+        ({"a": np.array([1e300])}, None, ValueError, r"state\['a'\] holds 1e\+300, beyond the largest finite float32"),
+        ({"a": float("inf")}, None, NonFiniteStateError, r"non-finite values in \['a'\]"),
+        ({"a": jnp.ones(1)}, [1], ValueError, "record must be None or a dict of JSON values, got list"),
+        ({"a": jnp.ones(1)}, {1: "x"}, ValueError, "record has the key 1: record keys must be strings"),
+        ({"a": jnp.ones(1)}, {"x": [np.float32(1)]}, ValueError, r"record\['x'\]\[0\] holds a value of type float32"),
+    ],
+    ids=["string_leaf", "object_leaf", "int64_overflow", "float64_overflow", "python_inf", "record_list",
+         "record_int_key", "record_numpy_number"],
+)
+def test_what_a_checkpoint_cannot_hold_is_refused_naming_it(
+    tmp_path: pathlib.Path, state: Any, record: Any, error: type, match: str
+) -> None:
+  with Checkpointer(tmp_path) as checkpoints:
+    with pytest.raises(error, match=match):
+      checkpoints.save(1, state, record=record)
+    assert checkpoints.steps() == []  # nothing written
+
+
+def test_a_step_that_is_not_an_int_is_named(tmp_path: pathlib.Path) -> None:
+  with Checkpointer(tmp_path) as checkpoints:
+    checkpoints.save(1, {"a": 1})
+    with pytest.raises(ValueError, match="step must be an integer, got '1'"):
+      checkpoints.restore(like={"a": 0}, step="1")
+    with pytest.raises(ValueError, match="step must be an integer, got 1.0"):
+      checkpoints.record(1.0)

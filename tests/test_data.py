@@ -49,10 +49,20 @@ def test_short_last_batch_is_padded_with_masked_copies_of_real_examples() -> Non
   np.testing.assert_array_equal(last.data["x"], data["x"][last.data["y"]])
 
 
-def test_padding_fills_a_batch_larger_than_the_dataset() -> None:
-  (batch,) = DataLoader(_dataset(3), batch_size=8).epoch(0)
-  np.testing.assert_array_equal(batch.mask, [True] * 3 + [False] * 5)
-  assert set(batch.data["y"].tolist()) == {0, 1, 2}
+def test_a_batch_size_larger_than_the_dataset_gives_one_batch_of_all_rows() -> None:
+  """As torch.utils.data.DataLoader (run here): one short batch, not padded; nothing sized by batch_size."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  for batch_size in (8, 10**12):
+    loader = DataLoader(_dataset(3), batch_size=batch_size)
+    (batch,) = loader.epoch(0)
+    reference = list(torch.utils.data.DataLoader(torch.arange(3), batch_size=batch_size))
+    assert [len(b) for b in reference] == [batch.size] == [3] and loader.batch_size == 3
+    np.testing.assert_array_equal(batch.data["y"], reference[0].numpy())
+    assert batch.mask.all() and loader.spec.mask.shape == (3,) and len(loader) == 1
+    assert f"batch_size={batch_size}," in repr(loader)  # the argument as given
+  with pytest.raises(ValueError, match="leaves no batch"):  # torch's drop_last=True yields no batch here
+    DataLoader(_dataset(3), batch_size=10**12, drop_last=True)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 4, 10, 13])
@@ -138,3 +148,70 @@ def test_bad_epoch_and_start_raise() -> None:
     loader.epoch(-1)
   with pytest.raises(ValueError, match="start must be <= the number of batches"):
     loader.stacked(0, start=4)
+
+
+# --------------------------------------------------------------------------------------
+# Conversion to JAX's dtypes never changes a value silently (issue 11).
+
+
+@pytest.mark.parametrize(
+    ("leaf", "match"),
+    [
+        (np.array([5, 2**31], np.int64), r"data\['ids'\] holds 2147483648, outside the range of int32"),
+        (np.array([-(2**31) - 1, 0], np.int64), r"data\['ids'\] holds -2147483649, outside the range of int32"),
+        (np.array([2**32, 0], np.uint64), r"data\['ids'\] holds 4294967296, outside the range of uint32"),
+        (np.array([1e300, 0.0]), r"data\['ids'\] holds 1e\+300, beyond the largest finite float32"),
+    ],
+    ids=["int64_high", "int64_low", "uint64", "float64_overflow"],
+)
+def test_values_jax_would_change_without_x64_are_refused_naming_the_leaf(leaf: np.ndarray, match: str) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+
+  assert not jax.config.jax_enable_x64
+  assert int(jax.numpy.asarray(np.array([2**31], np.int64))[0]) < 0  # what would happen: JAX wraps it around
+  with pytest.raises(ValueError, match=match + r".*jax_enable_x64"):
+    DataLoader({"x": np.zeros((2, 1)), "ids": leaf}, batch_size=2)
+  with jax.enable_x64(True):  # with 64-bit mode the values are kept exactly
+    (batch,) = DataLoader({"x": np.zeros((2, 1)), "ids": leaf}, batch_size=2).epoch(0)
+  np.testing.assert_array_equal(batch.data["ids"], leaf)
+
+
+def test_values_that_fit_are_converted_and_inf_nan_pass() -> None:
+  data = {"ids": np.array([2**31 - 1, -(2**31), 7], np.int64), "x": np.array([np.inf, np.nan, 1e38])}
+  (batch,) = DataLoader(data, batch_size=3).epoch(0)
+  assert batch.data["ids"].dtype == np.int32 and batch.data["x"].dtype == np.float32
+  np.testing.assert_array_equal(batch.data["ids"], data["ids"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"data": {"s": np.array(["a", "b"])}, "batch_size": 2}, TypeError, r"data\['s'\] has dtype <U1"),
+        ({"data": np.array([object(), 1]), "batch_size": 2}, TypeError, "data has dtype object"),
+        ({"data": [1, 2, 3], "batch_size": 2}, ValueError, r"data\[0\] is a scalar.*np.asarray"),
+        ({"data": np.zeros(5), "batch_size": 2, "shuffle": "no"}, ValueError, "shuffle must be True or False"),
+        ({"data": np.zeros(5), "batch_size": 2, "drop_last": 1}, ValueError, "drop_last must be True or False"),
+        ({"data": np.zeros(5), "batch_size": "2"}, ValueError, "batch_size must be an integer"),
+    ],
+    ids=["strings", "objects", "python_list", "string_shuffle", "int_drop_last", "string_batch_size"],
+)
+def test_other_bad_arguments_name_the_argument(kwargs: dict, error: type, match: str) -> None:
+  data = kwargs.pop("data")
+  with pytest.raises(error, match=match):
+    DataLoader(data, **kwargs)
+
+
+def test_process_local_is_a_flag_for_fit_that_changes_no_batch() -> None:
+  """`process_local=True` marks the data as this process's share (see tests/test_multihost.py for
+  its use by `fit`); the batches are the same, and the repr shows it only when set, so that the
+  repr recorded in older checkpoints still matches."""
+  data = _dataset(10)
+  plain = DataLoader(data, batch_size=4, shuffle=True)
+  local = DataLoader(data, batch_size=4, shuffle=True, process_local=True)
+  assert (plain.process_local, local.process_local) == (False, True)
+  assert "process_local" not in repr(plain) and repr(local).endswith(", process_local=True)")
+  for a, b in zip(plain.epoch(1), local.epoch(1), strict=True):
+    np.testing.assert_array_equal(a.data["y"], b.data["y"])
+    np.testing.assert_array_equal(a.mask, b.mask)
+  with pytest.raises(ValueError, match="process_local must be True or False"):
+    DataLoader(data, batch_size=4, process_local="yes")

@@ -339,3 +339,101 @@ def test_shape_errors_name_the_arguments(call, names):
 
 def test_mae_is_l1():
   assert losses.mae is losses.l1
+
+
+# ----------------------------------------------------------------------------- out-of-domain inputs (issue 11)
+# Concrete values outside a loss's domain raise naming the argument (torch raises for labels
+# and bce: checked live); under jit the example's loss is NaN, never a finite wrong value.
+
+
+def _torch_raises(fn) -> str:
+  with pytest.raises((IndexError, RuntimeError)) as info:
+    fn()
+  return str(info.value)
+
+
+@pytest.mark.parametrize("bad", [-1, WIDTH], ids=["minus_one", "num_classes"])
+@pytest.mark.parametrize("ours, theirs, make_inputs", [
+    (losses.cross_entropy, F.cross_entropy, lambda x: x),
+    (losses.nll, F.nll_loss, _log_softmax),
+], ids=["cross_entropy", "nll"])
+def test_out_of_range_labels_raise_when_concrete_and_are_nan_under_jit(ours, theirs, make_inputs, bad):
+  logits, labels = logits_and_labels(np.random.default_rng(9), np.float64)
+  inputs = make_inputs(logits)
+  labels[2] = bad
+  assert "out of bounds" in _torch_raises(lambda: theirs(_t(inputs), _t(labels)))  # torch refuses it too
+  with jax.enable_x64(True):
+    with pytest.raises(ValueError, match=rf"y_true must hold class labels in \[0, {WIDTH}\).*y_true\[2\] = {bad}\b"):
+      ours(inputs, labels)
+    per_example = jax.jit(lambda x, y: ours(x, y, reduction="none"))(inputs, labels)
+    assert np.isnan(per_example[2]) and bool(np.isnan(jax.jit(ours)(inputs, labels)))
+    kept = np.arange(BATCH) != 2  # the other examples keep torch's values
+    expected = theirs(_t(inputs[kept]), _t(labels[kept]), reduction="none").numpy()
+    np.testing.assert_allclose(np.asarray(per_example)[kept], expected, rtol=1e-12)
+    grad = jax.grad(lambda x: jax.jit(ours)(x, labels))(inputs)
+    assert np.isfinite(grad).all() and not np.asarray(grad)[2].any()  # the bad example sends no gradient
+
+
+def test_ignore_index_through_mask_still_works_under_jit():
+  """torch's ignore_index=-100: the masked -100 labels are not range errors, in or out of jit."""
+  logits, labels = logits_and_labels(np.random.default_rng(10), np.float64)
+  labels[[0, 5]] = -100
+  expected = F.cross_entropy(_t(logits), _t(labels), ignore_index=-100).item()
+  with jax.enable_x64(True):
+    for fn in (losses.cross_entropy, jax.jit(losses.cross_entropy)):
+      np.testing.assert_allclose(fn(logits, labels, mask=labels != -100), expected, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"y_true\[0\] = -100, y_true\[5\] = -100\..*mask=\(y_true != ignore_index\)"):
+      losses.cross_entropy(logits, labels)
+
+
+@pytest.mark.parametrize("argument", ["y_pred", "y_true"])
+@pytest.mark.parametrize("bad", [1.5, -0.25])
+def test_bce_probabilities_outside_the_unit_interval(argument, bad):
+  p, y = probabilities(np.random.default_rng(11), np.float64)
+  (p if argument == "y_pred" else y)[3, 1] = bad
+  message = _torch_raises(lambda: F.binary_cross_entropy(_t(p), _t(y)))
+  assert "between 0 and 1" in message and ("input" if argument == "y_pred" else "target") in message
+  with jax.enable_x64(True):
+    with pytest.raises(ValueError, match=rf"{argument} must hold probabilities in \[0, 1\]; got {argument}\[3, 1\] = {bad}"):
+      losses.bce(p, y)
+    got = jax.jit(lambda a, b: losses.bce(a, b, reduction="none"))(p, y)
+    kept = np.arange(BATCH) != 3
+    np.testing.assert_allclose(np.asarray(got)[kept], torch_per_example(F.binary_cross_entropy)(p[kept], y[kept]),
+                               rtol=1e-12)
+    assert np.isnan(got[3])
+    keep = kept  # masked out, the bad row is neither checked nor counted
+    np.testing.assert_allclose(losses.bce(p, y, mask=keep), np.asarray(got)[kept].mean(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("call, base, bad, match", [
+    (lambda y: losses.bce_with_logits(np.zeros((BATCH, WIDTH)), y), 0.25, 1.5, r"y_true must hold probabilities in \[0, 1\]"),
+    (lambda y: losses.cross_entropy(np.zeros((BATCH, WIDTH)), y), 0.25, -0.5, r"y_true must hold probabilities in \[0, 1\]"),
+    (lambda y: losses.kl_div(np.zeros((BATCH, WIDTH)), y), 0.25, 1.5, r"y_true must hold probabilities in \[0, 1\]"),
+    (lambda y: losses.kl_div(np.zeros((BATCH, WIDTH)), y, log_target=True), -1.0, 0.5,
+     r"y_true must hold log-probabilities \(<= 0\)"),
+    (lambda y: losses.hinge(np.zeros((BATCH, WIDTH)), y), 1.0, 0.0, r"y_true must hold targets -1 or \+1"),
+], ids=["bce_with_logits", "cross_entropy_probabilities", "kl_div", "kl_div_log_target", "hinge"])
+def test_other_target_domains_raise_when_concrete_and_are_nan_under_jit(call, base, bad, match):
+  y = np.full((BATCH, WIDTH), base)
+  y[4, 0] = bad
+  with pytest.raises(ValueError, match=match + rf"; got y_true\[4, 0\] = {bad}\."):
+    call(y)
+  assert np.isnan(np.asarray(jax.jit(call)(y)))
+  assert np.isfinite(np.asarray(call(np.full((BATCH, WIDTH), base))))
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: losses.mse(np.zeros(3), np.zeros(3), mask="abc"), TypeError, "mask must be an array of numbers"),
+    (lambda: losses.mse(np.zeros(3), np.zeros(3), sample_weight="ab"), TypeError, "sample_weight must be an array"),
+    (lambda: losses.mse(np.zeros(3), None), TypeError, "y_true must be an array of numbers or booleans, got NoneType"),
+    (lambda: losses.mse("abc", np.zeros(3)), TypeError, "y_pred must be an array"),
+    (lambda: losses.mse(np.zeros(3, np.int32), np.zeros(3)), TypeError, "y_pred must be a floating-point array"),
+    (lambda: losses.mse(np.zeros(3), np.zeros(3), weights=np.ones(3)), TypeError, r"'weights'.*sample_weight and mask"),
+    (lambda: losses.huber(np.zeros(3), np.zeros(3), delta=jnp.array(-1.0)), ValueError, "delta must be > 0"),
+    (lambda: losses.huber(np.zeros(3), np.zeros(3), delta="1"), TypeError, "delta must be a number"),
+    (lambda: losses.kl_div(np.zeros((2, 2)), np.ones((2, 2)) / 2, log_target="no"), TypeError, "log_target must be"),
+], ids=["string_mask", "string_weight", "none_target", "string_pred", "integer_pred", "unknown_keyword",
+        "negative_array_delta", "string_delta", "string_log_target"])
+def test_bad_arguments_name_the_argument(call, error, match):
+  with pytest.raises(error, match=match):
+    call()

@@ -41,7 +41,7 @@ def _regression_batches(rng, shape=(6, 3), n=3):
 def keras_weighted_mean(values, weights, masks):
   """NumPy transcription of keras.metrics.Mean: Σ w·v / Σ w, weights broadcast from the batch axis."""
   total = weight_sum = 0.0
-  for v, w, m in zip(values, weights, masks):
+  for v, w, m in zip(values, weights, masks, strict=True):
     v = np.asarray(v, np.float64)
     w = np.broadcast_to(np.reshape(w * m, np.shape(w) + (1,) * (v.ndim - np.ndim(w))), v.shape)
     total += np.sum(w * v)
@@ -63,7 +63,7 @@ def test_mean_equals_keras_mean_with_weights_and_masks():
   rng = np.random.default_rng(0)
   batches = [(rng.normal(size=(5, 2)), rng.uniform(size=5), rng.uniform(size=5) > 0.4) for _ in range(4)]
   state = _stream(metrics.mean(), [((v,), w, m) for v, w, m in batches])
-  expected = keras_weighted_mean(*zip(*batches))
+  expected = keras_weighted_mean(*zip(*batches, strict=True))
   np.testing.assert_allclose(metrics.mean().compute(state), expected, rtol=RTOL)
   assert int(state.count) == 2 * sum(int(m.sum()) for _, _, m in batches)
 
@@ -106,9 +106,15 @@ def test_binary_accuracy_thresholds_probabilities_at_half(shape):
   rng = np.random.default_rng(3)
   probs = rng.uniform(size=shape).astype(np.float32)
   labels = rng.integers(0, 2, size=30)
-  metric = metrics.accuracy()
+  metric = metrics.binary_accuracy()
   got = metric.compute(metric.update(metric.init(), labels, probs))
   np.testing.assert_allclose(got, accuracy_score(labels, probs.reshape(30) > 0.5), rtol=RTOL)
+
+
+def test_accuracy_refuses_float_predictions_shaped_like_labels():
+  """Issue 11: accuracy() used to threshold these at 0.5; they are probabilities or float ids, so it asks."""
+  with pytest.raises(ValueError, match="y_pred.*binary_accuracy"):
+    metrics.accuracy().update(metrics.accuracy().init(), np.array([0, 2, 1]), np.array([0.0, 2.0, 1.0], np.float32))
 
 
 def test_scalar_batch_mean_counts_as_its_examples():
@@ -186,13 +192,21 @@ def test_merge_is_associative_and_equals_sequential_updates():
   jax.tree.map(np.testing.assert_array_equal, metric.merge(a, metric.init()), a)
 
 
-def test_state_has_fixed_float32_int32_leaves_even_with_x64():
+@pytest.mark.parametrize("metric, y_true, y_pred", [
+    (metrics.mean_squared_error(), np.ones((4, 2)), np.zeros((4, 2))),
+    (metrics.top_k_accuracy(2), np.array([0, 1, 2, 0]), np.eye(3)[[0, 2, 2, 1]]),
+    (metrics.f1(3, "macro"), np.array([0, 1, 2, 0]), np.eye(3)[[0, 2, 2, 1]]),
+    (metrics.confusion_matrix(2), np.array([0, 1, 1, 0]), np.array([0.2, 0.7, 0.4, 0.9])),
+    (metrics.auc(), np.array([0, 1, 1, 0]), np.array([0.2, 0.7, 0.4, 0.9])),
+], ids=["mse", "top_k", "f1", "confusion", "auc"])
+def test_state_has_fixed_float32_int32_leaves_even_with_x64(metric, y_true, y_pred):
   with jax.enable_x64(True):
-    metric = metrics.mean_squared_error()
-    state = metric.update(metric.init(), np.ones((4, 2)), np.zeros((4, 2)), sample_weight=np.ones(4))
+    state = metric.update(metric.init(), y_true, y_pred, sample_weight=np.ones(4))
     init = metric.init()
-  for fresh, updated in zip(jax.tree.leaves(init), jax.tree.leaves(state)):
-    assert fresh.dtype == updated.dtype and fresh.shape == updated.shape == ()
+    assert metric.compute(state).dtype == jnp.float32
+  assert jax.tree.structure(init) == jax.tree.structure(state)
+  for fresh, updated in zip(jax.tree.leaves(init), jax.tree.leaves(state), strict=True):
+    assert fresh.dtype == updated.dtype and fresh.shape == updated.shape
     assert fresh.dtype in (jnp.float32, jnp.int32)
 
 
@@ -225,7 +239,7 @@ def test_scan_equals_python_loop():
     return metric.update(state, t, p, sample_weight=w), None
 
   scanned, _ = jax.jit(lambda xs: lax.scan(body, metric.init(), xs))((y_true, y_pred, weight))
-  looped = _stream(metric, [((t, p), w, None) for t, p, w in zip(y_true, y_pred, weight)])
+  looped = _stream(metric, [((t, p), w, None) for t, p, w in zip(y_true, y_pred, weight, strict=True)])
   for name in ("mse", "mae"):  # XLA may fuse (and round) per-example terms differently under scan
     np.testing.assert_allclose(_as_float64(scanned[name]), _as_float64(looped[name]), rtol=1e-7)
     assert int(scanned[name].count) == int(looped[name].count) == 40
@@ -285,6 +299,82 @@ def test_psum_sums_statistics_across_devices():
 
 
 # ----------------------------------------------------------------------------- errors
+
+
+def test_binned_sums_are_exact_where_a_float32_scatter_add_rounds():
+  """40,000 log-normal float32 weights into 300 bins (a scatter-add in any order): the compensated
+  per-bin sums equal float64 np.bincount to 1e-12, where jax.ops.segment_sum is off by ~1e-6."""
+  from gradcore_jax.metrics import _core
+
+  rng = np.random.default_rng(12)
+  bins = rng.integers(0, 300, size=40_000).astype(np.int32)
+  weight = rng.lognormal(0.0, 2.0, size=40_000).astype(np.float32)
+  exact = np.bincount(bins, weight.astype(np.float64), 300)
+  sums = jax.jit(_core.binned_total, static_argnums=2)(bins, weight, 300)
+  got = np.float64(sums.value) + np.float64(sums.compensation)
+  plain = np.asarray(jax.ops.segment_sum(weight, bins, 300), np.float64)
+  assert np.max(np.abs(got - exact) / exact) < 1e-12
+  assert np.max(np.abs(plain - exact) / exact) > 1e-8
+
+
+# ----------------------------------------------------------------------------- tags, merge, errors
+
+
+def test_merge_of_two_different_metrics_names_both():
+  """Issue 11: merge pooled any two states with equal structure; the tag in the tree says whose they are."""
+  mse, mae = metrics.mean_squared_error(), metrics.mean_absolute_error()
+  a = mse.update(mse.init(), np.ones(3), np.zeros(3))
+  b = mae.update(mae.init(), np.ones(3), np.zeros(3))
+  with pytest.raises(ValueError, match=r"mean_squared_error\(\).*mean_absolute_error\(\)"):
+    mse.merge(a, b)
+  with pytest.raises(ValueError, match="mean_absolute_error"):
+    mse.update(b, np.ones(3), np.zeros(3))
+  p3, p4 = metrics.precision(3, "macro"), metrics.precision(4, "macro")
+  with pytest.raises(ValueError, match="num_classes=3.*num_classes=4"):
+    p3.merge(p3.init(), p4.init())
+  with pytest.raises(ValueError, match=r"and mean_squared_error\(\)"):
+    p3.merge(p3.init(), a)
+
+
+def test_the_tag_survives_jit_scan_and_psum():
+  metric = metrics.root_mean_squared_error()
+  state = jax.jit(metric.update)(metric.init(), np.ones(4), np.zeros(4))
+  scanned, _ = lax.scan(lambda s, x: (metric.update(s, x, x + 1), None), metric.init(), np.ones((3, 4)))
+  summed = jax.vmap(lambda x: metrics.psum(metric.update(metric.init(), x, 2 * x), "d"), axis_name="d")(np.ones((2, 4)))
+  for s in (state, scanned, summed):
+    assert s.metric == "root_mean_squared_error()"
+  with pytest.raises(ValueError, match="mean_squared_error"):
+    metrics.mean_squared_error().merge(metrics.mean_squared_error().init(), scanned)
+
+
+def test_collections_with_different_keys_name_the_keys():
+  left = metrics.collection({"mse": metrics.mean_squared_error(), "mae": metrics.mean_absolute_error()})
+  right = metrics.collection({"mse": metrics.mean_squared_error()})
+  with pytest.raises(ValueError, match=r"missing \['mae'\]"):
+    left.merge(left.init(), right.init())
+  with pytest.raises(ValueError, match=r"unexpected \['mae'\]"):
+    right.compute(left.init())
+
+
+def test_mean_of_y_true_y_pred_points_to_the_error_metrics():
+  """Issue 11: mean() given (y_true, y_pred) died in a dtype message."""
+  with pytest.raises(ValueError, match="per-example values.*mean_squared_error"):
+    metrics.mean().update(metrics.mean().init(), np.ones(3), np.zeros(3))
+  with pytest.raises(ValueError, match=r"takes \(state, y_true, y_pred\), got 1"):
+    metrics.accuracy().update(metrics.accuracy().init(), np.ones(3, int))
+
+
+@pytest.mark.parametrize("metric, inputs", [
+    (metrics.mean(), (np.ones(4),)),
+    (metrics.precision(3, "micro"), (np.zeros(4, int), np.zeros(4, int))),
+    (metrics.auc(), (np.zeros(4), np.full(4, 0.5))),
+], ids=["mean", "precision", "auc"])
+@pytest.mark.parametrize("keyword", ["mask", "sample_weight"])
+def test_string_or_misshaped_weight_and_mask_name_the_argument(metric, inputs, keyword):
+  with pytest.raises(TypeError, match=keyword):
+    metric.update(metric.init(), *inputs, **{keyword: "valid"})
+  with pytest.raises(ValueError, match=keyword):
+    metric.update(metric.init(), *inputs, **{keyword: np.ones(5)})
 
 
 @pytest.mark.parametrize("call, name", [

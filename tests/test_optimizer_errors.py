@@ -270,3 +270,84 @@ def test_traced_scalar_hyperparameters_still_work_under_inject_hyperparams() -> 
   state = tx.init(params)
   updates, state = jax.jit(tx.update)({"w": jnp.ones(3)}, state, params)
   assert updates["w"].shape == (3,) and np.all(np.isfinite(updates["w"]))
+
+
+# --------------------------------------------------------------------------------------
+# A state of another optimizer (or of another configuration) names `state` and the optimizer.
+
+OTHER_STATE = {  # name -> an optimizer whose state has another structure
+    "sgd": lambda: gcj.adam(1e-2),
+    "adam": lambda: gcj.adam(1e-2, amsgrad=True),
+    "adamw": lambda: gcj.adam(1e-2),
+}
+
+
+@pytest.mark.parametrize("with_params", [True, False], ids=["with_params", "without_params"])
+@pytest.mark.parametrize("name", NAMES)
+def test_a_state_of_another_optimizer_names_state_and_the_optimizer(name, with_params):
+  """Every optimizer, fed a state `init` would not have built, raises at trace time naming `state`."""
+  params, grads = make_params(name=name), make_grads(name=name)
+  tx = make_optimizer(name)
+  other = OTHER_STATE.get(name, lambda: gcj.sgd(1e-2, momentum=0.9) if name != "sgd" else gcj.adam())()
+  state = other.init(params)
+  assert jax.tree.structure(state) != jax.tree.structure(tx.init(params))
+  expected = rf"state is not a state of {re.escape(name)}\b.* for these params: at state"
+  with pytest.raises(ValueError, match=expected):
+    jax.jit(tx.update)(grads, state, params) if with_params else jax.jit(tx.update)(grads, state)
+
+
+def test_adam_and_amsgrad_states_are_told_apart_by_the_buffer_they_lack():
+  params, grads = make_params(), make_grads()
+  adam, amsgrad = gcj.adam(1e-2), gcj.adam(1e-2, amsgrad=True)
+  with pytest.raises(ValueError, match=r"adam\(amsgrad=True\) .* at state\[0\]\.nu_max .* has a dict.* given state has None"):
+    amsgrad.update(grads, adam.init(params))
+  with pytest.raises(ValueError, match=r"not a state of adam for .* at state\[0\]\.nu_max adam has None"):
+    adam.update(grads, amsgrad.init(params), params)  # without the check the max buffer would be dropped silently
+  with pytest.raises(ValueError, match=r"at state\[0\]\.mu adam has a dict with keys \['other'\], but the given .*"):
+    adam.update({"other": jnp.ones(2)}, adam.init(params), {"other": jnp.ones(2)})  # a state for other params
+
+
+def test_wrappers_name_a_state_that_is_not_theirs():
+  params, grads = make_params(), make_grads()
+  groups = gcj.no_decay_groups(gcj.adamw, learning_rate=1e-2)
+  with pytest.raises(TypeError, match=r"param_groups: state must be the optax.PartitionState .* got tuple"):
+    groups.update(grads, gcj.adamw().init(params), params)
+  other = gcj.param_groups(gcj.sgd, lambda p: jax.tree.map(lambda _: "all", p), {"all": {}})
+  with pytest.raises(ValueError, match=r"state holds the groups 'all', but this transformation has the groups 'decay'"):
+    groups.update(grads, other.init(params), params)
+  with pytest.raises(TypeError, match=r"multi_tensor: state must be the MultiTensorState .* got tuple"):
+    gcj.multi_tensor(gcj.adam()).update(grads, gcj.adam().init(params), params)
+  packed_adam = gcj.multi_tensor(gcj.adam()).init(params)
+  with pytest.raises(ValueError, match=r"state is not a state of adam\(amsgrad=True\)"):
+    gcj.multi_tensor(gcj.adam(amsgrad=True)).update(grads, packed_adam, params)
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: gcj.adam("0.1"), TypeError, r"learning_rate must be a real number .* got str '0.1'"),
+    (lambda: gcj.adam(b1=None), TypeError, "b1 must be a number or a scalar array, got None"),
+    (lambda: gcj.adam(eps=[1e-8]), TypeError, "eps must be a real number .* got list"),
+    (lambda: gcj.sgd(momentum="0.9"), TypeError, "momentum must be a real number"),
+    (lambda: gcj.adam(weight_decay=None), TypeError, "weight_decay must be a number or a scalar array, got None"),
+    (lambda: gcj.adam(amsgrad="no"), TypeError, "amsgrad must be True or False, got 'no'"),
+    (lambda: gcj.adam(maximize="no"), TypeError, "maximize must be True or False"),
+    (lambda: gcj.nadam(decoupled_weight_decay=1), TypeError, "decoupled_weight_decay must be True or False"),
+    (lambda: gcj.sgd(momentum=0.9, nesterov="yes"), TypeError, "nesterov must be True or False"),
+    (lambda: gcj.rmsprop(centered="no"), TypeError, "centered must be True or False"),
+    (lambda: gcj.muon(nesterov=None), TypeError, "nesterov must be True or False"),
+    (lambda: gcj.transforms.clip_grad_norm("1.0"), TypeError, "max_norm must be a real number"),
+    (lambda: gcj.multi_tensor("adam"), TypeError, "tx must be an optax GradientTransformation"),
+], ids=["string_lr", "none_b1", "list_eps", "string_momentum", "none_weight_decay", "string_amsgrad",
+        "string_maximize", "int_decoupled", "string_nesterov", "string_centered", "none_muon_nesterov",
+        "string_max_norm", "string_tx"])
+def test_hyperparameters_of_the_wrong_type_are_named(make, error, match):
+  """A string flag would count as True (amsgrad="no" turned amsgrad on); a string number failed at the first update."""
+  with pytest.raises(error, match=match):
+    make()
+
+
+def test_a_gradient_leaf_that_is_not_an_array_is_named():
+  params = make_params()
+  grads = make_grads()
+  grads["layers"][0]["w"] = "x"
+  with pytest.raises(TypeError, match=r"gradient at \['layers'\]\[0\]\['w'\] has type str"):
+    gcj.adam().update(grads, gcj.adam().init(params), params)

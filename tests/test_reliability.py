@@ -9,6 +9,9 @@
   carries `partial_result`: the last checked state, checked against a NumPy float64 replay of
   plain SGD (the reference: the update rule `w -= lr * grad` of the mean squared error).
 - A failed orbax read leaves no "Event loop is closed" reports behind.
+- `on_nonfinite` checks the update as well as the loss and gradients (Adam with eps=0 on a
+  zero gradient), a run that skips step after step stops (`max_consecutive_skips`), and an
+  optimizer state or integer param that does not fit is named as such.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 import optax
 import pytest
 
+from gradcore_jax import adam
 from gradcore_jax import checkpoint as checkpoint_lib
 from gradcore_jax import losses
 from gradcore_jax import metrics
@@ -38,6 +42,7 @@ from gradcore_jax.checkpoint import UnreadableCheckpointWarning
 from gradcore_jax.data import DataLoader
 from gradcore_jax.training import FitResult
 from gradcore_jax.training import NonFiniteLossError
+from gradcore_jax.training import TooManySkippedStepsError
 from gradcore_jax.training import TrainingStats
 from gradcore_jax.training import fit
 
@@ -405,3 +410,136 @@ def test_a_failed_restore_leaves_no_event_loop_is_closed_reports(
     gc.collect()
   assert [r for r in reports if "Event loop is closed" in r] == []
   assert [r.getMessage()[:80] for r in caplog.records if "never retrieved" in r.getMessage()] == []
+
+
+# --------------------------------------------------------------------------------------
+# fit(on_nonfinite=...) checks the update too, and stops a run that skips step after step.
+
+
+def _gated(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+  """The linear model plus `gate * x[:, 3]`: where a batch's fourth column is all zero, the
+  gate's gradient is exactly 0, and Adam with eps=0 divides 0 by 0 until it has seen a non-zero one."""
+  return x[:, :FEATURES] @ params["w"] + params["b"] + params["gate"] * x[:, FEATURES]
+
+
+def _gated_run(first_nonzero: int, **kwargs: Any) -> FitResult:
+  """A run whose fourth column is non-zero only in one row of step `first_nonzero`'s batch (epoch 0)."""
+  x, y, params = _data()
+  loader = DataLoader((x, y), batch_size=BATCH, shuffle=True, seed=0)
+  z = np.zeros((EXAMPLES, 1), np.float32)
+  if first_nonzero is not None:
+    z[loader.order(0)[first_nonzero * BATCH]] = 1.0
+  x = np.concatenate([x, z], axis=1)
+  return fit(
+      _gated,
+      adam(LR, eps=0.0),
+      params={**params, "gate": np.float32(0.5)},
+      loss=losses.mse,
+      train_loader=DataLoader((x, y), batch_size=BATCH, shuffle=True, seed=0),
+      epochs=1,
+      progress=False,
+      **kwargs,
+  )
+
+
+def test_a_non_finite_update_from_finite_gradients_is_raised_or_skipped() -> None:
+  """Before the update was checked, step 0 applied a NaN update: NaN params, no skip recorded."""
+  with pytest.raises(NonFiniteLossError, match=r"Non-finite update at step 0 \(epoch 0, batch 0; .*\): the batch loss") as error:
+    _gated_run(None)
+  assert error.value.in_update and not error.value.in_gradients and np.isfinite(error.value.loss)
+  result = _gated_run(3, on_nonfinite="skip")
+  assert result.stats.skipped_steps == [0, 1, 2]  # until the gate's first non-zero gradient
+  assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(result.model))
+  assert int(result.opt_state[0].count) == STEPS_PER_EPOCH - 3
+  assert np.isfinite(result.stats.epoch_losses[0])
+
+
+class _PoisonedFrom(DataLoader):
+  """Serves NaN targets from the run's `start`-th batch on (counted from 0 over the epochs)."""
+
+  def __init__(self, *args: Any, start: int, **kwargs: Any) -> None:
+    super().__init__(*args, **kwargs)
+    self.start, self.served = start, 0
+
+  def epoch(self, epoch: int, *, start: int = 0) -> Iterator[Any]:
+    for batch in super().epoch(epoch, start=start):
+      if self.served >= self.start:
+        x, y = batch.data
+        batch = batch._replace(data=(x, np.full_like(y, np.nan)))
+      self.served += 1
+      yield batch
+
+
+def _poisoned_from(start: int, **kwargs: Any) -> FitResult:
+  x, y, _ = _data()
+  loader = _PoisonedFrom((x, y), batch_size=BATCH, shuffle=True, seed=0, start=start)
+  return _run(loader=loader, on_nonfinite="skip", log_interval=4, **kwargs)
+
+
+def test_too_many_consecutive_skips_raise_with_the_steps() -> None:
+  """Every step after the first skipped: stopped at the sync that sees the streak pass the limit."""
+  with pytest.raises(TooManySkippedStepsError, match=r"^6 consecutive steps were skipped as non-finite \(steps 1 to 6, counted from 0\), more than max_consecutive_skips=5 allows.*Non-finite training loss nan at step 6 ") as error:
+    _poisoned_from(1, max_consecutive_skips=5)
+  assert isinstance(error.value, NonFiniteLossError)
+  assert error.value.skipped == [1, 2, 3, 4, 5, 6] and error.value.step == 6 and error.value.limit == 5
+  assert error.value.partial_result.stats.total_steps == 4  # the last sync before the streak passed the limit
+  with pytest.raises(TooManySkippedStepsError) as error:  # the default: 10 skips in a row allowed
+    _poisoned_from(1)
+  assert error.value.skipped == list(range(1, 12))
+  result = _poisoned_from(1, max_consecutive_skips=None)
+  assert result.stats.skipped_steps == list(range(1, 3 * STEPS_PER_EPOCH))
+  # Streaks broken by an applied step never add up.
+  assert _poisoned_from(20, max_consecutive_skips=7).stats.skipped_steps == list(range(20, 27))
+
+
+# --------------------------------------------------------------------------------------
+# Errors name the argument at fault, not the loader.
+
+
+def test_an_opt_state_of_another_optimizer_or_other_params_is_named() -> None:
+  x, y, params = _data()
+  loader = DataLoader((x, y), batch_size=BATCH)
+  run = {"params": params, "loss": losses.mse, "train_loader": loader, "epochs": 1, "progress": False}
+  with pytest.raises(ValueError, match=r"^opt_state is not a state of this optimizer: optimizer.init\(params\) makes") as error:
+    fit(linear, optax.sgd(LR), opt_state=optax.adam(LR).init(params), **run)
+  assert "train_loader" not in str(error.value)
+  other = optax.adam(LR).init({"w": np.zeros(5, np.float32), "b": np.float32(0)})
+  with pytest.raises(ValueError, match=r"^opt_state\[0\]\.mu\['w'\] has shape \(5,\) .* makes shape \(3,\)"):
+    fit(linear, optax.adam(LR), opt_state=other, **run)
+
+
+def test_an_integer_param_is_named() -> None:
+  x, y, params = _data()
+  with pytest.raises(ValueError, match=r"^params\['b'\] has dtype int32, but the trained params must be floating point") as error:
+    fit(linear, optax.sgd(LR), params={**params, "b": np.int32(0)}, loss=losses.mse, train_loader=DataLoader((x, y), batch_size=BATCH), epochs=1)
+  assert "train_loader" not in str(error.value)
+
+
+# --------------------------------------------------------------------------------------
+# TrainingStats.to_json writes standard JSON after a skipped step.
+
+
+def _strict_json(text: str) -> Any:
+  """json.loads that refuses the non-standard NaN/Infinity tokens (as JavaScript's JSON.parse does)."""
+
+  def refuse(token: str) -> Any:
+    raise ValueError(f"not JSON: {token}")
+
+  return json.loads(text, parse_constant=refuse)
+
+
+def test_to_json_after_a_skipped_step_is_valid_json_and_round_trips() -> None:
+  x, y, _ = _data()
+  loader = _InterruptingLoader((x, y), batch_size=BATCH, shuffle=True, seed=0, at=4, error=None)
+  stats = _run(loader=loader, epochs=1, on_nonfinite="skip", log_interval=1).stats
+  assert stats.skipped_steps == [4] and np.isnan(stats.batch_losses[4])
+  with pytest.raises(ValueError, match="not JSON: NaN"):  # what json.dumps alone writes
+    _strict_json(json.dumps(stats.to_dict()))
+  text = stats.to_json(indent=1)
+  record = _strict_json(text)
+  assert record["batch_losses"][4] is None and record["skipped_steps"] == [4]
+  back = TrainingStats.from_json(text)
+  assert json.dumps(back.to_dict()) == json.dumps(stats.to_dict())  # NaN where it was, every other value exact
+  inf = TrainingStats(batch_losses=[1.0, float("inf")], eval_metrics=[{"loss": float("-inf")}])
+  assert _strict_json(inf.to_json())["batch_losses"] == [1.0, None]
+  assert np.isnan(TrainingStats.from_json(inf.to_json()).eval_metrics[0]["loss"])  # documented: inf comes back as NaN

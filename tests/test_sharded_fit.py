@@ -63,6 +63,14 @@ def test_evaluation_on_the_mesh_equals_one_device(report: dict) -> None:
   assert mesh["loss"] == pytest.approx(single["loss"], rel=FLOAT32_ROUNDING)
 
 
+def test_batchnorm_statistics_and_dropout_keys_on_the_mesh_equal_one_device(report: dict) -> None:
+  """Model state (BatchNorm's running averages over the global batch) and per-step dropout keys."""
+  modes = report["modes"]
+  assert modes["state_difference"] < FLOAT32_ROUNDING
+  assert max(modes["figures_difference"].values()) < FLOAT32_ROUNDING
+  assert modes["steps"] == [14, 14]
+
+
 def test_a_batch_size_that_does_not_divide_over_the_devices_is_refused(report: dict) -> None:
   message = report["indivisible_batch_error"]
   assert message is not None and "train_loader.batch_size (12) must be divisible by the 8 devices" in message

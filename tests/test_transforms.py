@@ -176,3 +176,28 @@ def test_every_optimizer_descends_a_simple_quadratic(name):
     updates, state = tx.update(params, state, params)  # gradient of |p|^2 / 2
     params = optax.apply_updates(params, updates)
   assert float(jnp.sum(params**2)) < 0.99 * 5.0
+
+
+@pytest.mark.parametrize(
+    ("mask", "error", "match"),
+    [
+        ("abc", TypeError, "mask must be a pytree of booleans .* got the string 'abc'"),
+        ({"w": "yes", "b": "no"}, TypeError, r"got str 'no' at \['b'\]"),
+        ({"w": 1, "b": 0}, TypeError, r"got int 0 at \['b'\]"),
+        (3, TypeError, "got int 3"),
+        ({"w": True}, ValueError, "mask does not fit the params"),
+        (lambda p: "x", TypeError, "got str 'x'"),
+    ],
+    ids=["string", "string_leaves", "int_leaves", "number", "partial_tree", "callable_returning_a_string"],
+)
+def test_a_bad_decay_mask_is_refused_naming_mask(mask, error, match):
+  """A string mask used to decay every leaf silently (optax.masked reads any non-empty string as True)."""
+  params = {"w": jnp.ones(3), "b": jnp.ones(2)}
+  makers = [lambda: gcj.adamw(0.1, mask=mask), lambda: transforms.decoupled_weight_decay(0.1, mask)]
+  if not (callable(mask) or isinstance(mask, dict) and len(mask) == 1):
+    # Checked when built, even without decay to mask; trees that need the params, in init and update.
+    makers.append(lambda: gcj.adamw(0.1, weight_decay=0.0, mask=mask))
+  for make in makers:
+    with pytest.raises(error, match=match):
+      tx = make()
+      tx.update(params, tx.init(params), params)

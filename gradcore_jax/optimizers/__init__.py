@@ -20,9 +20,13 @@ from gradcore_jax.optimizers._alias import rmsprop
 from gradcore_jax.optimizers._alias import rprop
 from gradcore_jax.optimizers._alias import sgd
 from gradcore_jax.optimizers._alias import sgd_ema
+from gradcore_jax.optimizers._lbfgs import LBFGSState
+from gradcore_jax.optimizers._lbfgs import lbfgs
 
 OptimizerFactory = Callable[..., optax.GradientTransformationExtraArgs]
 
+# `lbfgs` is not registered: its `update` needs the objective (`value_fn`), which `fit`, the CLI and the
+# gradient-only callers of `get` do not pass.
 _REGISTRY: dict[str, OptimizerFactory] = {
   f.__name__: f
   for f in (sgd, sgd_ema, rmsprop, adam, adamw, adagrad, adadelta, adamax, nadam, radam, rprop, asgd, adafactor, muon)
@@ -35,7 +39,14 @@ def names() -> tuple[str, ...]:
 
 
 def get(name: str) -> OptimizerFactory:
-  """Returns the optimizer factory called `name` (e.g. `"adam"`); ValueError lists the valid names."""
+  """Returns the optimizer factory called `name` (e.g. `"adam"`); ValueError lists the valid names.
+
+  Args:
+    name: one of `names()`, e.g. `"adam"` for `gradcore_jax.adam`.
+
+  Returns:
+    The factory: call it with the optimizer's hyperparameters, e.g. `get("adam")(1e-3)`.
+  """
   try:
     return _REGISTRY[name]
   except KeyError:
@@ -43,6 +54,7 @@ def get(name: str) -> OptimizerFactory:
 
 
 __all__ = [
+  "LBFGSState",
   "adadelta",
   "adafactor",
   "adagrad",
@@ -51,6 +63,7 @@ __all__ = [
   "adamw",
   "asgd",
   "get",
+  "lbfgs",
   "muon",
   "nadam",
   "names",

@@ -13,12 +13,15 @@ optimizers work under `optax.inject_hyperparams`.
 
 from __future__ import annotations
 
+from typing import Any
 from typing import Callable
 from typing import Optional
 from typing import Sequence
 from typing import TypeVar
 from typing import Union
 
+import jax
+import numpy as np
 import optax
 
 from gradcore_jax import _checks
@@ -26,13 +29,14 @@ from gradcore_jax import transforms
 from gradcore_jax._typing import PyTree
 from gradcore_jax._typing import Scalar
 from gradcore_jax._typing import ScalarOrSchedule
+from gradcore_jax.transforms._decay import check_mask
 
-GradientTransformation = optax.GradientTransformationExtraArgs
 Mask = Optional[Union[PyTree, Callable[[PyTree], PyTree]]]
 _T = TypeVar("_T")
 
 
 def _torch_chain(
+  name: str,
   preconditioner: Sequence[optax.GradientTransformation],
   learning_rate: ScalarOrSchedule,
   weight_decay: Scalar,
@@ -40,10 +44,17 @@ def _torch_chain(
   *,
   decoupled: bool = False,
   mask: Mask = None,
-) -> GradientTransformation:
-  """Wraps `preconditioner` with the steps every torch optimizer shares, in torch's order."""
+) -> optax.GradientTransformationExtraArgs:
+  """Wraps `preconditioner` with the steps every torch optimizer shares, in torch's order.
+
+  `name` is how errors name the optimizer (e.g. "adam(amsgrad=True)").
+  """
   _checks.check_learning_rate(learning_rate)
   _checks.check_non_negative("weight_decay", weight_decay)
+  _checks.check_flag("maximize", maximize)
+  _checks.check_flag("decoupled_weight_decay", decoupled)
+  if mask is not None:  # checked even when there is no decay to mask, so that a bad mask never passes unseen
+    check_mask(mask)
   decays = not _checks.is_static_zero(weight_decay)
   blocks: list[optax.GradientTransformation] = []
   if maximize:
@@ -54,27 +65,59 @@ def _torch_chain(
   if decays and decoupled:
     blocks.append(transforms.decoupled_weight_decay(weight_decay, mask))
   blocks.append(transforms.scale_by_learning_rate(learning_rate))
-  return _checked(optax.chain(*blocks))
+  return _checked(optax.chain(*blocks), name)
 
 
-def _checked(tx: optax.GradientTransformation) -> GradientTransformation:
-  """`tx` that first checks its inputs: real floating-point params and gradients, matching trees.
+def _checked(tx: optax.GradientTransformation, name: str) -> optax.GradientTransformationExtraArgs:
+  """`tx` that first checks its inputs: real floating-point params and gradients, matching trees, its own state.
 
   The state is `tx`'s own, so wrapping changes nothing but the errors: a bad input raises
-  before any block runs (and, under `jit`, at trace time, before buffers are donated).
+  before any block runs (and, under `jit`, at trace time, before buffers are donated). The
+  state's tree structure is compared with what `init` gives for the params (for the
+  gradients when no params are given); `name` names the optimizer in that error. The
+  expected structure is computed once per params structure and shapes (`jax.eval_shape`
+  of `init`, no computation) and remembered.
   """
+  structures: dict[Any, Any] = {}
 
   def init_fn(params):
     _checks.check_real_floating(params, what="param")
     return tx.init(params)
 
+  def expected_structure(reference):
+    """The structure `init` gives for `reference`; None when `init` refuses it (the blocks then raise)."""
+    leaves, treedef = jax.tree.flatten(reference)
+    key = (treedef, tuple((np.shape(leaf), str(getattr(leaf, "dtype", type(leaf)))) for leaf in leaves))
+    if key not in structures:
+      try:
+        structure = jax.tree.structure(jax.eval_shape(tx.init, reference))
+      except (TypeError, ValueError):  # e.g. Muon's init refuses a non-2-D leaf: update says the same, better
+        return None
+      if len(structures) >= _REMEMBERED_STRUCTURES:
+        structures.clear()
+      structures[key] = structure
+    return structures[key]
+
   def update_fn(updates, state, params=None, **extra_args):
     _checks.check_real_floating(updates, what="gradient")
     if params is not None:
       _checks.check_tree_matches(updates, params, what="the params")
+    # Without params the expected state is built from the gradients (unless one is None: no shape to build from).
+    from_gradients = params is None
+    if not (from_gradients and any(leaf is None for leaf in jax.tree.leaves(updates, is_leaf=_is_none))):
+      expected = expected_structure(updates if from_gradients else params)
+      if expected is not None:
+        _checks.check_state_matches(state, expected, optimizer=name, from_gradients=from_gradients)
     return tx.update(updates, state, params, **extra_args)
 
-  return GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+_REMEMBERED_STRUCTURES = 16  # expected state structures kept per optimizer (one per params structure seen)
+
+
+def _is_none(x: Any) -> bool:
+  return x is None
 
 
 def sgd(
@@ -84,7 +127,7 @@ def sgd(
   nesterov: bool = False,
   weight_decay: Scalar = 0.0,
   maximize: bool = False,
-) -> GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """Stochastic gradient descent with torch's momentum (`torch.optim.SGD`).
 
   `g <- g + wd*p`; with momentum `buf <- g` on step 1, then
@@ -112,7 +155,7 @@ def sgd(
     preconditioner.append(transforms.torch_momentum(momentum, dampening, nesterov))
   else:
     _checks.check_non_negative("dampening", dampening)
-  return _torch_chain(preconditioner, learning_rate, weight_decay, maximize)
+  return _torch_chain("sgd", preconditioner, learning_rate, weight_decay, maximize)
 
 
 def sgd_ema(
@@ -120,7 +163,7 @@ def sgd_ema(
   beta: Scalar = 0.9,
   weight_decay: Scalar = 0.0,
   maximize: bool = False,
-) -> GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """SGD with the article's exponential-moving-average momentum.
 
   `step <- beta*step + (1-beta)*g` with `step` starting at **zero**, `p <- p - lr*step`.
@@ -139,7 +182,7 @@ def sgd_ema(
   Returns:
     An `optax.GradientTransformationExtraArgs`.
   """
-  return _torch_chain([transforms.ema_momentum(beta)], learning_rate, weight_decay, maximize)
+  return _torch_chain("sgd_ema", [transforms.ema_momentum(beta)], learning_rate, weight_decay, maximize)
 
 
 def rmsprop(
@@ -150,7 +193,7 @@ def rmsprop(
   momentum: ScalarOrSchedule = 0.0,
   centered: bool = False,
   maximize: bool = False,
-) -> GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """RMSprop as `torch.optim.RMSprop` and gradientcore's `optim::RMSprop`.
 
   `v <- alpha*v + (1-alpha)*g**2`, `d = sqrt(v) + eps` (centered: `sqrt(v - gbar**2) + eps`);
@@ -178,7 +221,7 @@ def rmsprop(
     preconditioner.append(transforms.torch_momentum(momentum))
   else:
     _checks.check_non_negative("momentum", momentum)
-  return _torch_chain(preconditioner, learning_rate, weight_decay, maximize)
+  return _torch_chain("rmsprop", preconditioner, learning_rate, weight_decay, maximize)
 
 
 def adam(
@@ -190,7 +233,7 @@ def adam(
   amsgrad: bool = False,
   maximize: bool = False,
   decoupled_weight_decay: bool = False,
-) -> GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """Adam as `torch.optim.Adam`: weight decay is *coupled* (added to the gradient).
 
   `m <- b1*m + (1-b1)*g`, `v <- b2*v + (1-b2)*g**2`,
@@ -216,6 +259,7 @@ def adam(
     An `optax.GradientTransformationExtraArgs`.
   """
   return _torch_chain(
+    "adam(amsgrad=True)" if amsgrad else "adam",
     [transforms.scale_by_adam(b1, b2, eps, amsgrad)],
     learning_rate,
     weight_decay,
@@ -233,7 +277,7 @@ def adamw(
   amsgrad: bool = False,
   maximize: bool = False,
   mask: Mask = None,
-) -> GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """AdamW as `torch.optim.AdamW`: weight decay is *decoupled*.
 
   `p <- p * (1 - lr*wd)` then the Adam step (see `adam`). `mask` (bool pytree or callable;
@@ -257,7 +301,13 @@ def adamw(
     An `optax.GradientTransformationExtraArgs`.
   """
   return _torch_chain(
-    [transforms.scale_by_adam(b1, b2, eps, amsgrad)], learning_rate, weight_decay, maximize, decoupled=True, mask=mask
+    "adamw(amsgrad=True)" if amsgrad else "adamw",
+    [transforms.scale_by_adam(b1, b2, eps, amsgrad)],
+    learning_rate,
+    weight_decay,
+    maximize,
+    decoupled=True,
+    mask=mask,
   )
 
 
@@ -268,7 +318,7 @@ def adagrad(
   initial_accumulator_value: Scalar = 0.0,
   eps: Scalar = 1e-10,
   maximize: bool = False,
-) -> GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """Adagrad as `torch.optim.Adagrad`.
 
   `clr = lr / (1 + (t-1)*lr_decay)`, `s <- s + g**2`, `p <- p - clr * g / (sqrt(s) + eps)`.
@@ -294,7 +344,7 @@ def adagrad(
   else:
     _checks.check_non_negative("lr_decay", lr_decay)
   return _torch_chain(
-    [transforms.scale_by_adagrad(initial_accumulator_value, eps)], learning_rate, weight_decay, maximize
+    "adagrad", [transforms.scale_by_adagrad(initial_accumulator_value, eps)], learning_rate, weight_decay, maximize
   )
 
 
@@ -304,7 +354,7 @@ def adadelta(
   eps: Scalar = 1e-6,
   weight_decay: Scalar = 0.0,
   maximize: bool = False,
-) -> GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """Adadelta as `torch.optim.Adadelta`.
 
   `v <- rho*v + (1-rho)*g**2`, `delta = sqrt(u+eps)/sqrt(v+eps)*g`,
@@ -323,7 +373,7 @@ def adadelta(
   Returns:
     An `optax.GradientTransformationExtraArgs`.
   """
-  return _torch_chain([transforms.scale_by_adadelta(rho, eps)], learning_rate, weight_decay, maximize)
+  return _torch_chain("adadelta", [transforms.scale_by_adadelta(rho, eps)], learning_rate, weight_decay, maximize)
 
 
 def adamax(
@@ -333,7 +383,7 @@ def adamax(
   eps: Scalar = 1e-8,
   weight_decay: Scalar = 0.0,
   maximize: bool = False,
-) -> GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """Adamax as `torch.optim.Adamax`.
 
   `m <- b1*m + (1-b1)*g`, `u <- max(b2*u, |g| + eps)`, `p <- p - (lr/bc1) * m/u`.
@@ -352,7 +402,7 @@ def adamax(
   Returns:
     An `optax.GradientTransformationExtraArgs`.
   """
-  return _torch_chain([transforms.scale_by_adamax(b1, b2, eps)], learning_rate, weight_decay, maximize)
+  return _torch_chain("adamax", [transforms.scale_by_adamax(b1, b2, eps)], learning_rate, weight_decay, maximize)
 
 
 def nadam(
@@ -364,7 +414,7 @@ def nadam(
   momentum_decay: Scalar = 4e-3,
   maximize: bool = False,
   decoupled_weight_decay: bool = False,
-) -> GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """NAdam as `torch.optim.NAdam` (with its momentum-decay schedule).
 
   `mu_t = b1*(1 - 0.5*0.96**(t*momentum_decay))`, `P_t = prod mu_i`, `d = sqrt(v/bc2) + eps`,
@@ -387,6 +437,7 @@ def nadam(
     An `optax.GradientTransformationExtraArgs`.
   """
   return _torch_chain(
+    "nadam",
     [transforms.scale_by_nadam(b1, b2, eps, momentum_decay)],
     learning_rate,
     weight_decay,
@@ -403,7 +454,7 @@ def radam(
   weight_decay: Scalar = 0.0,
   maximize: bool = False,
   decoupled_weight_decay: bool = False,
-) -> GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """RAdam as `torch.optim.RAdam`.
 
   Adam's moments; while the variance rectification term `rho_t <= 5` the step is plain
@@ -426,7 +477,12 @@ def radam(
     An `optax.GradientTransformationExtraArgs`.
   """
   return _torch_chain(
-    [transforms.scale_by_radam(b1, b2, eps)], learning_rate, weight_decay, maximize, decoupled=decoupled_weight_decay
+    "radam",
+    [transforms.scale_by_radam(b1, b2, eps)],
+    learning_rate,
+    weight_decay,
+    maximize,
+    decoupled=decoupled_weight_decay,
   )
 
 
@@ -444,7 +500,7 @@ def rprop(
   etas: Sequence[Scalar] = (0.5, 1.2),
   step_sizes: Sequence[Scalar] = (1e-6, 50),
   maximize: bool = False,
-) -> GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """Rprop as `torch.optim.Rprop` (resilient backpropagation): per-element step sizes, sign-only steps.
 
   With `s = sign(g * prev)`: `step_size <- clip(step_size * f, *step_sizes)`, `f = etas[1]`
@@ -481,7 +537,7 @@ def rprop(
   min_step_size, max_step_size = _pair("step_sizes", step_sizes)
   block = transforms.scale_by_rprop(learning_rate, eta_minus, eta_plus, min_step_size, max_step_size)
   # The block's output already holds the step sizes: the last block only flips its sign.
-  return _torch_chain([block], 1.0, 0.0, maximize)
+  return _torch_chain("rprop", [block], 1.0, 0.0, maximize)
 
 
 def asgd(
@@ -491,7 +547,7 @@ def asgd(
   t0: Scalar = 1e6,
   weight_decay: Scalar = 0.0,
   maximize: bool = False,
-) -> GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """Averaged SGD as `torch.optim.ASGD` (single-tensor path), keeping the parameter average.
 
   `g <- g + wd*p`; `p <- p*(1 - lambd*eta) - eta*g`; `ax <- p` while `mu == 1`, else
@@ -516,7 +572,7 @@ def asgd(
     An `optax.GradientTransformationExtraArgs`; `update` needs the params.
   """
   # The block's output already holds eta (the learning rate): the last block only flips its sign.
-  return _torch_chain([transforms.scale_by_asgd(learning_rate, lambd, alpha, t0)], 1.0, weight_decay, maximize)
+  return _torch_chain("asgd", [transforms.scale_by_asgd(learning_rate, lambd, alpha, t0)], 1.0, weight_decay, maximize)
 
 
 def adafactor(
@@ -526,7 +582,7 @@ def adafactor(
   d: Scalar = 1.0,
   weight_decay: Scalar = 0.0,
   maximize: bool = False,
-) -> GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """Adafactor as `torch.optim.Adafactor`: factored second moments, a relative step, no first moment.
 
   Update `t`: `beta2_t = 1 - t**beta2_decay`; for a leaf with >= 2 dims, row and column
@@ -560,6 +616,7 @@ def adafactor(
   if eps2 is None:  # only eps1 has a dtype-dependent default (torch's check raises a TypeError too)
     raise TypeError("eps[1] (eps2) must be a number, got None; only eps[0] may be None.")
   return _torch_chain(
+    "adafactor",
     [transforms.scale_by_adafactor(learning_rate, beta2_decay, eps1, eps2, d)],
     learning_rate,
     weight_decay,
@@ -577,7 +634,7 @@ def muon(
   eps: Scalar = 1e-7,
   ns_steps: int = 5,
   adjust_lr_fn: Optional[str] = None,
-) -> GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """Muon as `torch.optim.Muon`: orthogonalised momentum for 2-D parameters.
 
   `buf <- momentum*buf + (1-momentum)*g`; `u = g + momentum*(buf - g)` (nesterov) or `buf`;
@@ -615,4 +672,4 @@ def muon(
     An `optax.GradientTransformationExtraArgs`.
   """
   block = transforms.scale_by_muon(momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn)
-  return _torch_chain([block], learning_rate, weight_decay, False, decoupled=True)
+  return _torch_chain("muon", [block], learning_rate, weight_decay, False, decoupled=True)

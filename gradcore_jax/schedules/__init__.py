@@ -7,8 +7,11 @@ of updates already taken, 0 on the first update). Pass it as any optimizer's
 `learning_rate`; for schedulers that cycle momentum, `schedule.momentum` is the momentum
 schedule (`momentum=` for sgd/rmsprop, `b1=` for the Adam family):
 
-    s = gcj.schedules.one_cycle_lr(0.1, total_steps=1000)
-    tx = gcj.adamw(learning_rate=s, b1=s.momentum)
+    >>> import gradcore_jax as gcj
+    >>> s = gcj.schedules.one_cycle_lr(0.1, total_steps=1000)
+    >>> tx = gcj.adamw(learning_rate=s, b1=s.momentum)
+    >>> round(float(s(0)), 6), round(float(s.momentum(0)), 6)  # max_lr / div_factor, max_momentum
+    (0.004, 0.95)
 
 Values follow torch's own arithmetic: its recursive (chainable) updates where torch runs
 them, including past `T_max`/`total_iters` and inside `sequential_lr`/`chained_scheduler`,

@@ -62,7 +62,8 @@ def lambda_lr(base_lr: float, lr_lambda: Callable[[Array], Any]) -> TorchSchedul
     A `TorchSchedule` (`count -> lr`, `.momentum` None).
 
   Raises:
-    ValueError: `base_lr` is not a number >= 0. TypeError: `lr_lambda` is not callable.
+    ValueError: `base_lr` is not a number >= 0.
+    TypeError: `lr_lambda` is not callable.
   """
   base_lr = _core.check_lr("base_lr", base_lr)
   _core.check_callable("lr_lambda", lr_lambda)
@@ -99,8 +100,8 @@ def multiplicative_lr(base_lr: float, lr_lambda: Callable[[Array], Any]) -> Torc
     A `TorchSchedule` (`.momentum` None).
 
   Raises:
-    ValueError: `base_lr` is not a number >= 0. TypeError: `lr_lambda` is not callable
-    (torch's `TypeError`).
+    ValueError: `base_lr` is not a number >= 0.
+    TypeError: `lr_lambda` is not callable (torch's `TypeError`).
   """
   base_lr = _core.check_lr("base_lr", base_lr)
   _core.check_callable("lr_lambda", lr_lambda)
@@ -312,7 +313,7 @@ def linear_lr(
 
   Raises:
     ValueError: `start_factor` or `end_factor` outside their ranges (torch's checks), or
-    `base_lr`/`total_iters` invalid.
+      `base_lr`/`total_iters` invalid.
   """
   base_lr = _core.check_lr("base_lr", base_lr)
   if not _core.is_number(start_factor) or not 0 < start_factor <= 1.0:

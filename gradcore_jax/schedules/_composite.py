@@ -161,9 +161,10 @@ def sequential_lr(schedules: Sequence[TorchSchedule], milestones: Sequence[int])
 
   Raises:
     ValueError: torch's checks (no schedules; wrong number of milestones), decreasing or
-    non-integer milestones, a `base_lr` torch could not have, or a sub-schedule torch
-    cannot restart at its milestone (LinearLR/PolynomialLR with `total_iters=0` divide by
-    zero there). TypeError: a sub-schedule that is not a single torch scheduler.
+      non-integer milestones, a `base_lr` torch could not have, or a sub-schedule torch
+      cannot restart at its milestone (LinearLR/PolynomialLR with `total_iters=0` divide by
+      zero there).
+    TypeError: a sub-schedule that is not a single torch scheduler.
   """
   schedulers = _schedulers(schedules, "SequentialLR")
   milestones = list(milestones)
@@ -302,7 +303,8 @@ def per_epoch(schedule: Callable[[Array], Array], steps_per_epoch: int) -> Torch
     A `TorchSchedule` of the update count.
 
   Raises:
-    ValueError: `steps_per_epoch` invalid. TypeError: `schedule` is not callable.
+    ValueError: `steps_per_epoch` invalid.
+    TypeError: `schedule` is not callable.
   """
   _core.check_callable("schedule", schedule)
   steps_per_epoch = _core.check_int("steps_per_epoch", steps_per_epoch, 1)

@@ -142,7 +142,7 @@ def cyclic_lr(
 
   Raises:
     ValueError: an invalid `mode` without `scale_fn` (torch's check), or invalid
-    sizes, lrs, momenta or `scale_mode`.
+      sizes, lrs, momenta or `scale_mode`.
   """
   base_lr = _core.check_lr("base_lr", base_lr)
   max_lr = _core.check_lr("max_lr", max_lr)
@@ -323,7 +323,7 @@ def one_cycle_lr(
 
   Raises:
     ValueError: torch's checks of `total_steps` / `epochs` / `steps_per_epoch`, `pct_start`
-    and `anneal_strategy`, and a zero `div_factor` or `final_div_factor`.
+      and `anneal_strategy`, and a zero `div_factor` or `final_div_factor`.
   """
   if total_steps is not None:
     if not _core.is_int(total_steps) or total_steps <= 0:

@@ -148,7 +148,7 @@ def reduce_lr_on_plateau(
 
   Raises:
     ValueError: torch's checks (`factor >= 1`, unknown `mode` or `threshold_mode`) and
-    invalid numbers.
+      invalid numbers.
   """
   base_lr = _core.check_lr("base_lr", base_lr)
   if not _core.is_number(factor) or not factor < 1.0:

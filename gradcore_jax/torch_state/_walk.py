@@ -89,6 +89,9 @@ def walk_state(node: Any, visit: Callable[[str, Any, tuple, Any], Any], where: t
   if hasattr(type(node), "_fields"):
     if not jax.tree.leaves(node):  # EmptyState and other stateless blocks
       return node
+    unsupported = getattr(type(node), "_torch_state_unsupported", None)  # a state type that says why it cannot convert
+    if unsupported is not None:
+      raise TypeError(f"torch_state: {unsupported}")
     raise TypeError(
       f"torch_state: the optimizer state holds a {type(node).__module__}.{type(node).__qualname__}, which has no "
       "torch counterpart registered "

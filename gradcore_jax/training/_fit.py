@@ -27,6 +27,7 @@ from typing import Callable
 from typing import Iterator
 from typing import Mapping
 from typing import Optional
+from typing import Sequence
 from typing import Union
 
 import jax
@@ -42,14 +43,22 @@ from gradcore_jax.checkpoint import UnreadableCheckpointWarning
 from gradcore_jax.data import DataLoader
 from gradcore_jax.data import _check_int
 from gradcore_jax.training import _progress
+from gradcore_jax.training._callbacks import Callback
+from gradcore_jax.training._callbacks import CallbackList
+from gradcore_jax.training._callbacks import Run
+from gradcore_jax.training._callbacks import Snapshot
 from gradcore_jax.training._models import Adapted
+from gradcore_jax.training._models import ModelOptions
 from gradcore_jax.training._models import _loaded_flax
 from gradcore_jax.training._models import adapt
 from gradcore_jax.training._models import copy_tree
 from gradcore_jax.training._placement import ParamSharding
 from gradcore_jax.training._placement import Placement
 from gradcore_jax.training._plateau import PlateauDriver
+from gradcore_jax.training._plateau import learning_rate_reader
 from gradcore_jax.training._stats import TrainingStats
+from gradcore_jax.training._steps import BAD_UPDATE
+from gradcore_jax.training._steps import FINITE
 from gradcore_jax.training._steps import Carry
 from gradcore_jax.training._steps import LossFn
 from gradcore_jax.training._steps import StepOptions
@@ -60,25 +69,53 @@ ON_NONFINITE = ("raise", "skip")
 
 
 class NonFiniteLossError(FloatingPointError):
-  """A batch loss or gradient was NaN or infinite. Indices count from 0, as in `TrainingStats`.
+  """A batch loss, gradient or update was NaN or infinite. Indices count from 0, as in `TrainingStats`.
 
   Attributes: `step` (index into `batch_losses` over the whole run), `epoch`, `batch`
-  (index within the epoch), `loss` (the batch loss) and `in_gradients` (True when the loss
-  was finite but a gradient was not). The caller's model, params and optimizer state are
-  left as they were before `fit`, and no checkpoint is written after the step;
-  `partial_result` (set by `fit`) holds the state before it (see `fit`).
+  (index within the epoch), `loss` (the batch loss), `in_gradients` (True when the loss
+  was finite but a gradient was not) and `in_update` (True when the loss and gradients
+  were finite but the update made the params or the model state non-finite, e.g. an
+  optimizer with `eps=0` dividing a zero gradient by zero). The caller's model, params and
+  optimizer state are left as they were before `fit`, and no checkpoint is written after
+  the step; `partial_result` (set by `fit`) holds the state before it (see `fit`).
   """
 
-  def __init__(self, loss: float, step: int, epoch: int, batch: int) -> None:
+  def __init__(self, loss: float, step: int, epoch: int, batch: int, *, in_update: bool = False) -> None:
     self.loss, self.step, self.epoch, self.batch = loss, step, epoch, batch
-    self.in_gradients = math.isfinite(loss)
+    self.in_update = in_update
+    self.in_gradients = math.isfinite(loss) and not in_update
     where = f"at step {step} (epoch {epoch}, batch {batch}; counted from 0)"
-    what = (
-      f"Non-finite gradients {where}; the batch loss was {loss}."
-      if self.in_gradients
-      else f"Non-finite training loss {loss} {where}."
-    )
+    if in_update:
+      what = (
+        f"Non-finite update {where}: the batch loss ({loss}) and the gradients were finite, but the new params or "
+        "model state were not (an optimizer dividing by zero, e.g. eps=0 with a zero gradient, or an overflow)."
+      )
+    elif self.in_gradients:
+      what = f"Non-finite gradients {where}; the batch loss was {loss}."
+    else:
+      what = f"Non-finite training loss {loss} {where}."
     super().__init__(what)
+
+
+class TooManySkippedStepsError(NonFiniteLossError):
+  """More consecutive steps than `fit(max_consecutive_skips=...)` allows were skipped as non-finite.
+
+  A `NonFiniteLossError` about the last of them (its `step`, `epoch`, `batch`, `loss`,
+  `in_gradients`, `in_update`), with `skipped` listing every step of the streak (counted
+  from 0 over the run). Training that skips every step makes no progress; this stops it
+  instead of returning the untrained state as a success.
+  """
+
+  def __init__(
+    self, loss: float, step: int, epoch: int, batch: int, *, in_update: bool, skipped: list[int], limit: int
+  ) -> None:
+    super().__init__(loss, step, epoch, batch, in_update=in_update)
+    self.skipped, self.limit = list(skipped), limit
+    steps = f"steps {skipped[0]} to {skipped[-1]}" if len(skipped) > 1 else f"step {skipped[0]}"
+    self.args = (
+      f"{len(skipped)} consecutive steps were skipped as non-finite ({steps}, counted from 0), more than "
+      f"max_consecutive_skips={limit} allows: training is making no progress. The last one: {self.args[0]}",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,12 +165,21 @@ def fit(
   data_axis: Union[None, str, tuple[str, ...]] = None,
   lr_plateau: Any = None,
   plateau_monitor: Optional[str] = None,
+  callbacks: Optional[Sequence[Callback]] = None,
+  seed: Optional[int] = None,
+  mode_flags: Optional[Mapping[str, bool]] = None,
+  rng_streams: Optional[Sequence[str]] = None,
+  mutable: Optional[Sequence[str]] = None,
+  max_consecutive_skips: Optional[int] = 10,
 ) -> FitResult:
   """Trains `model` for `epochs` epochs over `train_loader`; returns `FitResult(model, stats, opt_state)`.
 
   Args:
     model: an apply function `apply_fn(params, inputs)` (with `params`), a Flax linen
-      `TrainState`, a linen `Module` (with `params`), or a Flax NNX `Module`.
+      `TrainState`, a linen `Module` (with `params`), or a Flax NNX `Module`. Training
+      steps run it in train mode, evaluations (`eval_loader`) in eval mode (see
+      `mode_flags`). A linen model's non-params collections (`batch_stats`, ...) and an
+      NNX module's batch statistics and RNG streams are carried from step to step.
     optimizer: an Optax transformation (any `gradcore_jax` optimizer or Optax's), or an
       `nnx.Optimizer` for an NNX module; omitted for a `TrainState` (it has `.tx`).
     loss: `loss(y_pred, y_true, *, reduction)`, e.g. `gradcore_jax.losses.cross_entropy`;
@@ -143,8 +189,12 @@ def fit(
     epochs: number of epochs to run (>= 0).
     start_epoch: index of the first of them, which picks its order in `train_loader`:
       to continue a run, pass the epochs already trained, so no epoch's shuffle repeats.
-    params, opt_state: the params of an apply function or linen module, and optionally an
-      optimizer state to continue from (fresh `optimizer.init(params)` otherwise).
+    params: the params of an apply function, or the variables of a linen module
+      (`module.init(...)`, e.g. `{"params": ..., "batch_stats": ...}`). Trained params
+      must be floating point (ValueError naming the leaf otherwise).
+    opt_state: optionally an optimizer state to continue from (fresh
+      `optimizer.init(params)` otherwise; a given one must have the structure, shapes and
+      dtypes that makes, else ValueError naming opt_state).
     eval_loader: evaluated after every epoch with fixed params (`stats.eval_metrics`).
     metrics: `{name: gradcore_jax.metrics.Metric}` updated with `(y_true, y_pred)`, over
       the training epoch (`stats.train_metrics`) and the evaluation (`stats.eval_metrics`).
@@ -154,12 +204,13 @@ def fit(
       with torch's `clip_grad_norm_` rule, `coef = min(1, max_norm / (norm + 1e-6))`
       (`transforms.clip_by_torch_norm` in front of the optimizer, without changing the
       optimizer state's structure); None: no clipping.
-    on_nonfinite: what a step whose loss or gradients hold a NaN/Inf does. `"raise"`:
-      training stops at the next sync with `NonFiniteLossError` naming the step.
-      `"skip"`: the update is not applied (params, optimizer, model and metric states
-      stay as they were; decided on the device with `jnp.where`, no sync) and the step is
+    on_nonfinite: what a step does whose loss or gradients hold a NaN/Inf, or whose
+      update makes the params or model state non-finite. `"raise"`: training stops at
+      the next sync with `NonFiniteLossError` naming the step. `"skip"`: the update is not
+      applied (params, optimizer, model and metric states, RNG step counts included, stay
+      as they were; decided on the device with `jnp.where`, no sync) and the step is
       listed in `stats.skipped_steps`. The finiteness check reads the gradients before
-      clipping.
+      clipping and the new params and model state after the update.
     compiled_epoch: run each epoch as one compiled `lax.scan` over the whole epoch's
       batches (`train_loader.stacked(e)`, moved to the device at once) instead of one
       call per step: for small models whose epoch fits in device memory. Same step, same
@@ -187,7 +238,12 @@ def fit(
       aside).
     mesh: a `jax.sharding.Mesh` to train on: each batch is split over the `data_axis`
       devices (its `batch_size` must divide evenly), params are placed as
-      `param_sharding` says, and statistics are summed over all devices (exact).
+      `param_sharding` says, and statistics are summed over all devices (exact). With
+      several processes (`jax.distributed`), every process calls `fit` with the same
+      arguments and a mesh over all their devices; each loader is either over the whole
+      data on every process, or a `DataLoader(..., process_local=True)` over each
+      process's own share (its batches fill that process's devices' rows of each global
+      batch; the loss and counts weigh the global batch's real rows).
     param_sharding: how params lie on the mesh: None (replicated), one `PartitionSpec`
       or `NamedSharding` for all, a pytree of them shaped like params (or a prefix), or a
       callable `(path, param) -> PartitionSpec` (FSDP style). Optimizer-state leaves
@@ -203,6 +259,41 @@ def fit(
     plateau_monitor: the figure `lr_plateau` watches: `"loss"` (the epoch's training
       loss), `"eval_loss"`, `"eval_<metric>"` or a training metric's name; default
       `"eval_loss"` with an `eval_loader`, else `"loss"`.
+    callbacks: a list of `gradcore_jax.callbacks.Callback`s (e.g. `EarlyStopping`,
+      `CSVLogger`, `TensorBoard`), called at the start, at every sync point, at each
+      epoch's start and end and at the end of training (`gradcore_jax.callbacks`); any
+      of them can stop training after the current epoch. None: no callbacks.
+    seed: the integer every RNG key of the training steps derives from. The key of RNG
+      stream `name` is `stream_key = fold_in(jax.random.key(seed), zlib.crc32(name))`.
+      A linen model gets `rngs={name: fold_in(stream_key, step)}` in each training step
+      (`step`: the updates made before it, `TrainState.step`; a skipped step does not
+      count), an apply function with an `rngs` parameter the same dict (and `rngs=None`
+      in evaluations). None: seed 0 for those. An NNX module draws from its own
+      `nnx.Rngs` streams (part of its state); a seed first re-seeds each of them to its
+      `stream_key` (`nnx.reseed`). Evaluations draw nothing. A checkpoint records the
+      seed: resuming with another raises ValueError.
+    mode_flags: `{name: value in training}`: the switches between train and eval mode;
+      evaluations pass `not value`. For an apply function or a linen module these are
+      keyword arguments of its call, for an NNX module attributes of its submodules (set
+      on a copy of the graph; the caller's module keeps its own). None: detected. For a
+      function or linen module: the keywords its signature has among `train`,
+      `training`, `is_training` (True in training) and `deterministic` (False in
+      training); for an NNX module `{"deterministic": False, "use_running_average":
+      False}` (what `nnx.Module.train()` sets). `{}`: no switch.
+    rng_streams: the RNG stream names: those a linen model (or an apply function's
+      `rngs`) receives, default `("dropout",)`; for an NNX module with a seed, those
+      re-seeded, default all its streams.
+    mutable: the linen collections a training step updates (`apply(..., mutable=...)`);
+      default every collection of the variables besides `"params"`, or for a
+      `TrainState` its `batch_stats` field if it has one (the Flax BatchNorm recipe).
+      Evaluations update none. Only for linen models.
+    max_consecutive_skips: with `on_nonfinite="skip"`, the most consecutive skipped
+      steps allowed; one more raises `TooManySkippedStepsError` (a `NonFiniteLossError`)
+      listing them, at the sync that sees it. None: no limit.
+
+  The learning rate each step used is recorded in `stats.learning_rates` when the
+  optimizer state holds one injected `learning_rate` (`optax.inject_hyperparams`; see
+  `TrainingStats`), fetched with the batch losses.
 
   Before the first step, the model, loss and metrics are traced on the loaders' batch
   shapes; a mismatch raises ValueError naming the loader. The step compiles once: every
@@ -228,7 +319,8 @@ def fit(
     ValueError: a bad argument (named), a model or loss that cannot run on the loaders'
       batches, a `checkpoint_dir` that is a file or cannot be created or written (checked
       before the first step), or a checkpoint of another run.
-    NonFiniteLossError: a non-finite loss or gradient with `on_nonfinite="raise"`.
+    NonFiniteLossError: a non-finite loss, gradient or update with `on_nonfinite="raise"`;
+      `TooManySkippedStepsError` (a subclass) with `"skip"` past `max_consecutive_skips`.
     gradcore_jax.checkpoint.CheckpointMismatchError: resuming into another model,
       optimizer or metrics.
     gradcore_jax.checkpoint.UnreadableCheckpointError: `resume=True` and no checkpoint in
@@ -242,15 +334,20 @@ def fit(
   resume = _check_bool("resume", resume)
   checkpoint_every = None if checkpoint_every is None else _check_int("checkpoint_every", checkpoint_every, minimum=1)
   keep = _check_int("keep", keep, minimum=1)
+  model_options = _model_options(seed, mode_flags, rng_streams, mutable)
+  if max_consecutive_skips is not None:
+    max_consecutive_skips = _check_int("max_consecutive_skips", max_consecutive_skips, minimum=0)
   if checkpoint_dir is None and (checkpoint_every is not None or resume):
     raise ValueError("checkpoint_every and resume need checkpoint_dir.")
   placement = Placement.build(mesh, data_axis, param_sharding)
   _check_loader("train_loader", train_loader, placement)
   if eval_loader is not None:
     _check_loader("eval_loader", eval_loader, placement)
-  adapted = adapt(model, optimizer, params=params, opt_state=opt_state)
+  hooks = CallbackList(callbacks)
+  adapted = adapt(model, optimizer, params=params, opt_state=opt_state, options=model_options)
   if adapted.tx is None:
     raise ValueError("optimizer is required to train: pass an Optax transformation (or an nnx.Optimizer).")
+  options = dataclasses.replace(options, learning_rate=learning_rate_reader(adapted.opt_state))
   plateau = PlateauDriver.build(lr_plateau, plateau_monitor, eval_loader is not None, list(metrics or {}))
   with placement.context():
     steps = build_steps(adapted, loss, _check_metrics(metrics), options)
@@ -270,6 +367,9 @@ def fit(
       checkpoints=_open_checkpoints(checkpoint_dir, keep, resume),
       start_epoch=start_epoch,
       plateau=plateau,
+      hooks=hooks,
+      max_consecutive_skips=max_consecutive_skips if options.on_nonfinite == "skip" else None,
+      seed=seed,
     )
     with loop:
       carry, position = loop.restore(carry, end_epoch=start_epoch + epochs)
@@ -279,20 +379,27 @@ def fit(
       loop.checked(carry)
       try:
         _progress.say(_progress.header(train_loader, carry.params, carry.opt_state, epochs), progress)
+        hooks.begin(loop.run(position, start_epoch + epochs, lambda *state: _detached_rebuild(model, adapted)(*state)))
         for epoch in range(position.epoch, start_epoch + epochs):
+          if hooks.stop_training:  # asked for by a callback: after the epoch that asked, or before any
+            break
           with _progress.epoch_bar(
             epoch, start_epoch + epochs, len(train_loader), progress, done=position.batch
           ) as bar:
             carry, position = loop.epoch(carry, position, bar)
         loop.save(carry, position, final=True)
+        restored = hooks.end()
       except BaseException as err:  # any failure, KeyboardInterrupt included, keeps the progress made
         loop.attach_partial_result(err, _detached_rebuild(model, adapted))
         raise
   stats = loop.stats
-  trained = adapted.rebuild(
-    carry.params, carry.opt_state, carry.model_state, stats.total_steps - stats.num_skipped_steps
-  )
-  return FitResult(trained, stats, carry.opt_state)
+  if restored is not None:  # a callback (EarlyStopping(restore_best=True)) chose an earlier state
+    state, done = restored, restored.step
+  else:
+    state, done = Snapshot(carry.params, carry.opt_state, carry.model_state, stats.total_steps), stats.total_steps
+  updates = done - sum(1 for step in stats.skipped_steps if step < done)
+  trained = adapted.rebuild(state.params, state.opt_state, state.model_state, updates)
+  return FitResult(trained, stats, state.opt_state)
 
 
 def evaluate(
@@ -305,17 +412,32 @@ def evaluate(
   mesh: Optional[Mesh] = None,
   param_sharding: ParamSharding = None,
   data_axis: Union[None, str, tuple[str, ...]] = None,
+  mode_flags: Optional[Mapping[str, bool]] = None,
 ) -> dict[str, Any]:
-  """The exact loss and metrics of `model` over the whole of `loader`, params fixed.
+  """The exact loss and metrics of `model` over the whole of `loader`, params fixed, in eval mode.
 
-  `model`, `params`, `mesh`, `param_sharding` and `data_axis` as in `fit`. Returns
+  `model`, `params`, `mesh`, `param_sharding`, `data_axis` and `mode_flags` as in `fit`:
+  the model runs in eval mode (dropout off, BatchNorm on its running averages; a linen
+  model's collections immutable), the way `fit` evaluates its `eval_loader`. Returns
   `{"loss": sum of per-example losses / number of examples, **{name: metric value}}` as
   Python numbers; padded rows count for nothing, so the figures do not depend on the batch
   size or the number of devices (beyond float32 rounding).
+
+  Args:
+    model: the model, as for `fit` (e.g. `fit`'s returned params with the apply function,
+      its `TrainState`, or the NNX module).
+    loader: a `DataLoader` over `(inputs, targets)`, evaluated once in its order.
+    loss: as for `fit`: `loss(y_pred, y_true, reduction="none")`.
+    metrics: `{name: gradcore_jax.metrics.Metric}`, or None.
+    params: the params (or linen variables) of an apply function or linen module.
+    mesh: the device mesh to evaluate on, as for `fit` (None: one device).
+    param_sharding: how the params are placed on `mesh`, as for `fit`.
+    data_axis: the mesh axes the batches are split over, as for `fit`.
+    mode_flags: the train/eval switches, as for `fit` (evaluation passes their negation).
   """
   placement = Placement.build(mesh, data_axis, param_sharding)
   _check_loader("loader", loader, placement)
-  adapted = adapt(model, params=params)
+  adapted = adapt(model, params=params, options=_model_options(None, mode_flags, None, None), train=False)
   with placement.context():
     steps = build_steps(adapted, loss, _check_metrics(metrics))
     params = placement.params(adapted.params)[0]
@@ -353,6 +475,9 @@ class _Loop:
   checkpoints: Any  # a gradcore_jax.checkpoint.Checkpointer, or None
   start_epoch: int
   plateau: Optional[PlateauDriver] = None
+  hooks: CallbackList = dataclasses.field(default_factory=CallbackList)
+  max_consecutive_skips: Optional[int] = None  # with on_nonfinite="skip"
+  seed: Optional[int] = None  # recorded in checkpoints: a resume must use the same
   stats: TrainingStats = dataclasses.field(default_factory=TrainingStats)
   good: Optional[Carry] = None  # a copy of the last checked carry (the train steps donate the live one)
   marks: dict[str, Any] = dataclasses.field(default_factory=dict)  # `stats` then: list lengths and counters
@@ -366,6 +491,7 @@ class _Loop:
 
   def epoch(self, carry: Carry, position: _Position, bar: Any) -> tuple[Carry, _Position]:
     """Trains from `position` to the end of its epoch; appends the epoch's figures to `stats`."""
+    self.hooks.epoch_begin(position.epoch)
     started, begin = time.perf_counter(), position.batch
     if begin == 0:
       carry = carry._replace(metrics=self.placement.replicated(self.steps.new_metrics()))
@@ -375,6 +501,7 @@ class _Loop:
       self.checked(carry)
       if position.batch < len(self.loader) and self._due():
         self.save(carry, position)
+      self.hooks.sync(position.epoch)
     seconds = time.perf_counter() - started
     stats = self.stats
     stats.train_metrics.append(_host_values(self.steps.metric_values(carry.metrics)))
@@ -391,10 +518,35 @@ class _Loop:
     if self.plateau is not None:  # torch: scheduler.step(metric) after the epoch, lr for the next one
       carry = carry._replace(opt_state=self.plateau.apply(carry.opt_state, stats))
     self.checked(carry, copy=self.plateau is not None)  # the carry after the last stretch, with the epoch's figures
-    position = _Position(epoch=position.epoch + 1)
+    finished, position = position.epoch, _Position(epoch=position.epoch + 1)
     if self.checkpoints is not None and (self.checkpoint_every is None or self._due()):
       self.save(carry, position)
+    self.hooks.epoch_end(finished)  # after the checkpoint: a resume rebuilds what callbacks saw from `stats`
     return carry, position
+
+  def run(self, position: _Position, end_epoch: int, rebuild: Callable[..., Any]) -> Run:
+    """The `Run` callbacks see; its snapshots are the checked copy `good` (never donated)."""
+
+    def state() -> Snapshot:
+      good = self.good
+      if good is None:  # `fit` checks the carry before building the run
+        raise RuntimeError("fit: no checked state yet.")
+      return Snapshot(good.params, good.opt_state, good.model_state, self.marks["total_steps"])
+
+    def model(snapshot: Snapshot) -> Any:
+      skipped = sum(1 for step in self.stats.skipped_steps if step < snapshot.step)
+      return rebuild(snapshot.params, snapshot.opt_state, snapshot.model_state, snapshot.step - skipped)
+
+    return Run(
+      stats=self.stats,
+      start_epoch=self.start_epoch,
+      end_epoch=end_epoch,
+      steps_per_epoch=len(self.loader),
+      resumed=self.stats.total_steps > 0,
+      epoch=position.epoch,
+      state=state,
+      rebuild=model,
+    )
 
   def _stretches(self, position: _Position) -> Iterator[tuple[Any, list[int]]]:
     """The stretches of the epoch between two sync points, from `position.batch` on.
@@ -422,24 +574,39 @@ class _Loop:
         stretch = [next(batches) for _ in range(end - start)]
         yield stretch, [batch.size for batch in stretch]
 
-  def _train(self, carry: Carry, stretch: Any) -> tuple[Carry, jax.Array]:
+  def _train(self, carry: Carry, stretch: Any) -> tuple[Carry, PyTree]:
     """Trains on one stretch; returns the carry and the steps' outputs, stacked on the device."""
     if self.compiled_epoch:
-      return self.steps.train_scan(carry, self.placement.batch(stretch, stacked=True))
+      local = self.loader.process_local
+      return self.steps.train_scan(carry, self.placement.batch(stretch, stacked=True, process_local=local))
     outputs = []
     for batch in stretch:
-      carry, output = self.steps.train(carry, self.placement.batch((batch.data, batch.mask)))
+      placed = self.placement.batch((batch.data, batch.mask), process_local=self.loader.process_local)
+      carry, output = self.steps.train(carry, placed)
       outputs.append(output)
     return carry, _stack(outputs)  # one transfer at the sync instead of one per step
 
-  def _record(self, outputs: jax.Array, sizes: list[int], position: _Position, bar: Any) -> None:
-    """Fetches the step outputs into `stats`; raises at a non-finite step unless skipping."""
+  def _record(self, outputs: PyTree, sizes: list[int], position: _Position, bar: Any) -> None:
+    """Fetches the step outputs (and learning rates) into `stats`; raises at a non-finite step unless skipping."""
     stats = self.stats
-    fetched = np.asarray(jax.device_get(outputs)).tolist()
-    for (batch_loss, finite), size in zip(fetched, sizes, strict=True):
-      if not finite:
+    sizes = self.placement.real_rows(self.loader, sizes)  # a process-local loader counts its own rows only
+    fetched = jax.device_get(outputs)  # one wait for the device: the figures and the rates together
+    rates: Optional[list[float]] = None
+    if isinstance(fetched, tuple):  # `(figures, learning rates)`: the optimizer state holds a rate
+      fetched, rates = fetched
+      rates = np.asarray(rates).tolist()
+    fetched = np.asarray(fetched).tolist()
+    for index, ((batch_loss, status), size) in enumerate(zip(fetched, sizes, strict=True)):
+      if status != FINITE:
+        where = {"step": stats.total_steps, "epoch": position.epoch, "batch": position.batch}
         if self.raise_on_nonfinite:
-          raise NonFiniteLossError(batch_loss, step=stats.total_steps, epoch=position.epoch, batch=position.batch)
+          raise NonFiniteLossError(batch_loss, **where, in_update=status == BAD_UPDATE)
+        streak = _streak(stats.skipped_steps, stats.total_steps)
+        limit = self.max_consecutive_skips
+        if limit is not None and len(streak) > limit:
+          raise TooManySkippedStepsError(
+            batch_loss, **where, in_update=status == BAD_UPDATE, skipped=streak, limit=limit
+          )
         stats.skipped_steps.append(stats.total_steps)
       else:
         position.loss_total += batch_loss * size
@@ -447,6 +614,8 @@ class _Loop:
         stats.examples_seen += size
       stats.batch_losses.append(batch_loss)
       stats.running_losses.append(position.running_loss)
+      if rates is not None:
+        stats.learning_rates.append(rates[index])
       stats.total_steps += 1
       position.batch += 1
     _progress.show(bar, len(fetched), {"loss": stats.running_losses[-1]})
@@ -464,6 +633,7 @@ class _Loop:
       "start_epoch": self.start_epoch,
       "train_loader": repr(self.loader),
       "stats": self.stats.to_dict(),
+      "seed": self.seed,
     }
     self.checkpoints.save(self.stats.total_steps, carry, record)
 
@@ -510,6 +680,8 @@ class _Loop:
         f"{where} belongs to a run of start_epoch={record['start_epoch']} and is at epoch {position.epoch}; "
         f"this call has start_epoch={self.start_epoch} and ends at epoch {end_epoch}."
       )
+    if record.get("seed") != self.seed:  # the RNG keys of the steps to come derive from it
+      raise ValueError(f"{where} belongs to a run with seed={record.get('seed')}; this call has seed={self.seed}.")
     self.stats = TrainingStats.from_dict(record["stats"])
     if unreadable:
       moved = "".join(
@@ -526,17 +698,28 @@ class _Loop:
     return carry, position
 
 
-_stack = jax.jit(jnp.stack)  # one dispatch (eager `jnp.stack` makes one per array)
+# One dispatch (eager `jnp.stack` makes one per array); each output leaf (figures, learning rate) stacked apart.
+def _streak(skipped: list[int], step: int) -> list[int]:
+  """The consecutive skipped steps ending with `step`: `step` and the unbroken run of `skipped` before it."""
+  run = [step]
+  for earlier in reversed(skipped):
+    if earlier != run[0] - 1:
+      break
+    run.insert(0, earlier)
+  return run
+
+
+_stack = jax.jit(lambda outputs: jax.tree.map(lambda *steps: jnp.stack(steps), *outputs))
 
 
 def _place(placement: Placement, adapted: Adapted, steps: Steps) -> Carry:
   """The initial carry: fresh buffers (to be donated) laid out by `placement`."""
   if adapted.tx is None:  # `fit` refuses a missing optimizer before this
     raise ValueError("optimizer is required to train: pass an Optax transformation (or an nnx.Optimizer).")
-  params, shardings = placement.params(adapted.params)
+  params, _ = placement.params(adapted.params)
   return Carry(
     params,
-    placement.opt_state(adapted.tx, adapted.opt_state, shardings),
+    placement.opt_state(adapted.tx, adapted.opt_state, params),
     placement.replicated(adapted.model_state),
     placement.replicated(steps.new_metrics()),
   )
@@ -563,6 +746,8 @@ def _record_problem(record: dict[str, Any]) -> Optional[str]:
     TrainingStats.from_dict(record["stats"])
     if not isinstance(record["start_epoch"], int) or not isinstance(record["train_loader"], str):
       raise TypeError("its start_epoch or train_loader has the wrong type")
+    if not isinstance(record.get("seed"), (int, type(None))):
+      raise TypeError("its seed has the wrong type")
   except (KeyError, TypeError, ValueError) as err:
     return f"its record is not one fit writes ({type(err).__name__}: {err})"
   return None
@@ -588,7 +773,8 @@ def _evaluate_loader(
 ) -> dict[str, Any]:
   tally = placement.replicated(steps.new_tally())
   for batch in loader.epoch(0):
-    tally = steps.evaluate(tally, params, model_state, placement.batch((batch.data, batch.mask)))
+    placed = placement.batch((batch.data, batch.mask), process_local=loader.process_local)
+    tally = steps.evaluate(tally, params, model_state, placed)
   return _host_values(steps.tally_values(tally))
 
 
@@ -615,6 +801,27 @@ def _check_loader(name: str, loader: Any, placement: Placement) -> None:
   placement.check_loader(name, loader)
 
 
+def _model_options(seed: Any, mode_flags: Any, rng_streams: Any, mutable: Any) -> ModelOptions:
+  """`fit`'s model arguments, checked (the model-specific checks are `adapt`'s)."""
+  if seed is not None:
+    seed = _check_int("seed", seed, minimum=0)
+  return ModelOptions(
+    mode_flags=mode_flags,
+    seed=seed,
+    rng_streams=_names("rng_streams", rng_streams),
+    mutable=_names("mutable", mutable),
+  )
+
+
+def _names(name: str, value: Any) -> Optional[tuple[str, ...]]:
+  """A sequence of strings as a tuple (None stays None); a bare string is refused, not split."""
+  if value is None:
+    return None
+  if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
+    raise ValueError(f"{name} must be a list of names, e.g. ['batch_stats'], or None; got {value!r}.")
+  return tuple(value)
+
+
 def _check_bool(name: str, value: Any) -> bool:
   if not isinstance(value, (bool, np.bool_)):
     raise ValueError(f"{name} must be True or False, got {value!r}.")
@@ -637,6 +844,7 @@ def _check_metrics(metrics: Optional[Mapping[str, metrics_lib.Metric]]) -> dict[
     return {}
   if not isinstance(metrics, Mapping) or not all(isinstance(m, metrics_lib.Metric) for m in metrics.values()):
     raise ValueError("metrics must be a dict {name: gradcore_jax.metrics.Metric}, e.g. {'acc': metrics.accuracy()}.")
-  if "loss" in metrics:
-    raise ValueError("metrics must not use the name 'loss': it is reserved for the loss figure.")
+  for reserved in ("loss", "learning_rate"):
+    if reserved in metrics:
+      raise ValueError(f"metrics must not use the name {reserved!r}: it is reserved for the {reserved} figure.")
   return dict(metrics)

@@ -10,6 +10,12 @@ functions: the compiler partitions them from these input shardings, so a sum ove
 batch axis (the loss numerator, every metric statistic) is a sum over all devices by
 construction, never an average of per-device figures.
 
+With several processes (`jax.distributed`), a batch comes either from a loader over the
+whole data on every process (each process builds its own devices' rows from it) or from a
+`DataLoader(..., process_local=True)` on each process over its own examples: each
+process's batch then fills the rows its devices hold (`jax.make_array_from_process_local_data`),
+and the host-side counts of real rows are summed over the processes.
+
 Every placement makes new buffers, so donating them never consumes the caller's arrays.
 """
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import math
 from typing import Any
 from typing import Callable
@@ -24,8 +31,10 @@ from typing import Optional
 from typing import Union
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
@@ -82,10 +91,27 @@ class Placement:
     return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
   def check_loader(self, name: str, loader: DataLoader) -> None:
-    if loader.batch_size % self.data_devices:
+    """Refuses a loader whose batches cannot be split evenly, or process-local loaders that differ.
+
+    A process-local loader needs a mesh (without one each process trains alone); its global
+    batch is `batch_size` times the number of processes, and every process's loader must
+    have the same settings and number of examples (else the processes would run different
+    numbers of steps and wait for each other forever).
+    """
+    processes = jax.process_count() if loader.process_local else 1
+    if processes > 1 and self.mesh is None:
+      raise ValueError(f"{name} is process_local: pass the mesh spanning the {processes} processes as well.")
+    if loader.batch_size * processes % self.data_devices:
       raise ValueError(
-        f"{name}.batch_size ({loader.batch_size}) must be divisible by the {self.data_devices} devices of the "
+        f"{name}.batch_size ({loader.batch_size}{f' on each of {processes} processes' if processes > 1 else ''}) "
+        f"must be divisible by the {self.data_devices} devices of the "
         f"mesh's data axes {self.data_axes}: every device takes an equal share of each batch."
+      )
+    if processes > 1 and not _same_everywhere(repr(loader)):
+      raise ValueError(
+        f"{name} is process_local, so every process must build it with the same settings and number of "
+        f"examples; here it is {loader!r}, and another process's differs. Give each process an equal "
+        "share of the data (drop the remainder)."
       )
 
   def params(self, params: PyTree) -> tuple[PyTree, PyTree]:
@@ -104,14 +130,20 @@ class Placement:
 
     return jax.tree_util.tree_map_with_path(put, params, shardings), shardings
 
-  def opt_state(self, tx: optax.GradientTransformation, opt_state: PyTree, param_shardings: PyTree) -> PyTree:
-    """Each state leaf shaped like a param on that param's sharding, the others replicated."""
+  def opt_state(self, tx: optax.GradientTransformation, opt_state: PyTree, params: PyTree) -> PyTree:
+    """Fresh buffers of `opt_state`, each leaf laid out as `tx.init` would lay it out for the placed `params`.
+
+    The layout comes from compiling `tx.init` on the params' shardings (nothing is computed), so
+    a leaf shaped like its param follows that param, a reduced statistic (Adafactor's row and
+    column factors) follows what `init` gives it, and counters are replicated. Matching state
+    leaves to params by tree position alone would miss both of the latter.
+    """
     if self.mesh is None:
       return copy_tree(opt_state)
+    abstract = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params)
+    shardings = jax.jit(tx.init).lower(abstract).compile().output_shardings
     try:
-      return optax.tree_utils.tree_map_params(
-        tx, _put, opt_state, param_shardings, transform_non_params=lambda leaf: _put(leaf, self._replicated)
-      )
+      return jax.tree.map(_put, opt_state, shardings)
     except (ValueError, TypeError) as err:
       raise ValueError(
         f"Cannot place the optimizer state on the mesh: its structure does not follow optimizer.init(params) ({err})."
@@ -123,13 +155,29 @@ class Placement:
       return copy_tree(tree)
     return jax.tree.map(lambda leaf: _put(leaf, self._replicated), tree)
 
-  def batch(self, batch: PyTree, *, stacked: bool = False) -> PyTree:
-    """`batch` (host arrays) split over the data axes along the example axis (axis 1 when `stacked`)."""
+  def batch(self, batch: PyTree, *, stacked: bool = False, process_local: bool = False) -> PyTree:
+    """`batch` (host arrays) split over the data axes along the example axis (axis 1 when `stacked`).
+
+    `process_local`: `batch` is this process's share of the global batch (see the module docstring).
+    """
     if self.mesh is None:
       return batch
     spec = PartitionSpec(*((None,) if stacked else ()), self.data_axes)
     sharding = NamedSharding(self.mesh, spec)
+    if process_local and jax.process_count() > 1:
+      return jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)), batch)
     return jax.tree.map(lambda leaf: _put(leaf, sharding), batch)
+
+  def real_rows(self, loader: DataLoader, sizes: list[int]) -> list[int]:
+    """The real rows of each global batch, from this process's counts `sizes` of `loader`'s batches.
+
+    The same list for a loader over the whole data; for a process-local one, the counts of
+    all processes summed (one collective), so the loss and `examples_seen` weigh every
+    example of the global batch.
+    """
+    if not (loader.process_local and jax.process_count() > 1):
+      return sizes
+    return np.asarray(multihost_utils.process_allgather(np.asarray(sizes, np.int32))).sum(axis=0).tolist()
 
   @property
   def _replicated(self) -> NamedSharding:
@@ -166,6 +214,13 @@ class Placement:
     raise ValueError(f"param_sharding{where} must give a PartitionSpec or a NamedSharding on the mesh, got {spec!r}.")
 
 
+def _same_everywhere(text: str) -> bool:
+  """Whether every process passes the same `text` (compared by a hash of it, one collective)."""
+  digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:16], np.int32)
+  everyone = np.asarray(multihost_utils.process_allgather(digest))
+  return bool((everyone == everyone[0]).all())
+
+
 def _is_spec(x: Any) -> bool:
   return isinstance(x, (PartitionSpec, Sharding))
 
@@ -179,4 +234,9 @@ def _put(leaf: Any, sharding: Sharding) -> jax.Array:
   if jax.process_count() > 1 and not isinstance(leaf, jax.Array):
     host = np.asarray(leaf)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+  if isinstance(leaf, jax.Array):
+    # jax 0.10's device_put replicating a one-device array keeps the source buffer as the
+    # shard on that device, even with may_alias=False; the step then donates it and the
+    # caller's array is deleted. Placing a private copy keeps the caller's arrays alive.
+    leaf = jnp.copy(leaf)
   return jax.device_put(leaf, sharding, may_alias=False)

@@ -8,6 +8,8 @@ run would have, and nothing is added to the checkpoint.
 
 The learning rate reaches the optimizer through `optax.inject_hyperparams`: the driver
 writes `plateau.lr(state)` into the `"learning_rate"` hyperparameter of the optimizer state.
+The same hyperparameter is where `fit` reads the learning rate each step used
+(`learning_rate_reader`, recorded in `TrainingStats.learning_rates`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Any
+from typing import Callable
 from typing import Optional
 
 import jax
@@ -33,6 +36,28 @@ def _is_injected(node: Any) -> bool:
 
 def _injected_states(opt_state: PyTree) -> list[Any]:
   return [node for node in jax.tree.leaves(opt_state, is_leaf=_is_injected) if _is_injected(node)]
+
+
+def _injected_learning_rates(opt_state: PyTree) -> list[Any]:
+  return [s.hyperparams["learning_rate"] for s in _injected_states(opt_state) if "learning_rate" in s.hyperparams]
+
+
+def learning_rate_reader(opt_state: PyTree) -> Optional[Callable[[PyTree], Any]]:
+  """A function that reads the learning rate out of optimizer states shaped like `opt_state`, or None.
+
+  The rule: the state must hold exactly one `optax.inject_hyperparams` state with a
+  `"learning_rate"` hyperparameter (as `fit(lr_plateau=...)` needs too); the function
+  returns that value, which `inject_hyperparams` sets at every update to the rate the
+  update used. Anything else (no injected rate, or one per parameter group) gives None:
+  a rate passed straight to an optimizer lives in its closure, not in its state. The
+  search is over the state's structure, so it costs nothing once traced.
+
+  Args:
+    opt_state: an optimizer state (or one with the same structure).
+  """
+  if len(_injected_learning_rates(opt_state)) != 1:
+    return None
+  return lambda state: _injected_learning_rates(state)[0]
 
 
 @dataclasses.dataclass(frozen=True)

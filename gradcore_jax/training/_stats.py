@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 from typing import Optional
 
 
 @dataclasses.dataclass
 class TrainingStats:
-  """What `fit` measured. Plain Python numbers only, so `to_json()` always works.
+  """What `fit` measured. Plain Python numbers only, so `to_json()` always works (valid JSON: NaN as null).
 
   Three figures that are easy to confuse (see the issue's source note), named apart:
 
@@ -33,8 +34,18 @@ class TrainingStats:
   excluding evaluation), `steps_per_second` (per epoch) and `final_loss` (=
   `epoch_losses[-1]`, None before the first epoch).
 
+  Learning rate: `learning_rates[s]` is the learning rate update `s` used, read on the
+  device from the optimizer state the update returned (`optax.inject_hyperparams`'s
+  `hyperparams["learning_rate"]`: a constant, the injected schedule evaluated at the
+  optimizer's step count, or the value `fit(lr_plateau=...)` set) and fetched with the
+  batch losses, so it costs no host sync. A skipped step records the rate it would have
+  used. It stays empty when the optimizer state holds no single injected
+  `learning_rate` (a constant or schedule passed straight to an optimizer lives in its
+  closure, not in its state).
+
   Non-finite steps (`fit(..., on_nonfinite="skip")`): `skipped_steps` lists the steps whose
-  loss or gradients were NaN/Inf and whose update was therefore not applied (params,
+  loss or gradients were NaN/Inf, or whose update made the params or model state so, and
+  whose update was therefore not applied (params,
   optimizer and model state untouched); `num_skipped_steps` counts them. A skipped batch
   keeps its (possibly non-finite) value in `batch_losses` but counts in neither the running
   and epoch losses, nor the training metrics, nor `examples_seen`; the optimizer has made
@@ -44,6 +55,7 @@ class TrainingStats:
 
   batch_losses: list[float] = dataclasses.field(default_factory=list)
   running_losses: list[float] = dataclasses.field(default_factory=list)
+  learning_rates: list[float] = dataclasses.field(default_factory=list)
   epoch_losses: list[float] = dataclasses.field(default_factory=list)
   train_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
   eval_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -69,8 +81,25 @@ class TrainingStats:
     return {**dataclasses.asdict(self), **{name: getattr(self, name) for name in _DERIVED}}
 
   def to_json(self, **kwargs: Any) -> str:
-    """`to_dict()` as JSON; keyword arguments go to `json.dumps` (e.g. `indent=2`)."""
-    return json.dumps(self.to_dict(), **kwargs)
+    """`to_dict()` as standard JSON; keyword arguments go to `json.dumps` (e.g. `indent=2`).
+
+    JSON has no NaN or infinity (Python's `json` would write the invalid tokens `NaN` and
+    `Infinity`, e.g. for the loss of a skipped step), so a non-finite number is written as
+    `null`, as JavaScript's `JSON.stringify` does. `from_json` reads such a `null` back as
+    NaN: the round trip is exact except that an infinity comes back as NaN.
+
+    Args:
+      **kwargs: passed to `json.dumps` (`allow_nan` is always False: the output is valid JSON).
+    """
+    return json.dumps(_null_for_non_finite(self.to_dict()), **{**kwargs, "allow_nan": False})
+
+  @classmethod
+  def from_json(cls, text: str) -> "TrainingStats":
+    """The inverse of `to_json`: a `null` number is NaN (see `to_json`)."""
+    record = json.loads(text)
+    if not isinstance(record, dict):
+      raise ValueError(f"text must hold a JSON object (what to_json writes), got {type(record).__name__}.")
+    return cls.from_dict({k: _nan_for_null(v) for k, v in record.items() if k not in _DERIVED})
 
   @classmethod
   def from_dict(cls, record: dict[str, Any]) -> "TrainingStats":
@@ -79,3 +108,23 @@ class TrainingStats:
 
 
 _DERIVED = ("final_loss", "num_skipped_steps")
+
+
+def _null_for_non_finite(value: Any) -> Any:
+  """`value` with every non-finite float (in lists and dicts, at any depth) replaced by None."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, list):
+    return [_null_for_non_finite(item) for item in value]
+  if isinstance(value, dict):
+    return {key: _null_for_non_finite(item) for key, item in value.items()}
+  return value
+
+
+def _nan_for_null(value: Any) -> Any:
+  """`value` with every None inside a list or dict (a number `to_json` wrote as null) replaced by NaN."""
+  if isinstance(value, list):
+    return [math.nan if item is None else _nan_for_null(item) for item in value]
+  if isinstance(value, dict):
+    return {key: math.nan if item is None else _nan_for_null(item) for key, item in value.items()}
+  return value

@@ -15,8 +15,12 @@ saves more, since a compiled call costs microseconds per argument (with two metr
 ~120 instead of ~200 µs per step of the digits MLP on a 2-core CPU).
 
 Non-finite values never need the host inside the step: with `on_nonfinite` set, the step
-also returns whether its loss and gradients were finite, and with `"skip"` it selects
-(`jnp.where`) the old carry instead of the new one when they were not.
+also returns a status (its loss and gradients finite? and then its new params and model
+state?), and with `"skip"` it selects (`jnp.where`) the old carry instead of the new one
+when anything was not finite.
+
+The train step runs the model in train mode (`model.apply(..., train=True)`: dropout on,
+batch statistics of the batch, model state updated), the eval step in eval mode.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from gradcore_jax._typing import PyTree
 from gradcore_jax.training._models import Adapted
 
 LossFn = Callable[..., Array]
+FINITE, BAD_GRADIENTS, BAD_UPDATE = 0, 1, 2  # the step's status (see `StepOptions.on_nonfinite`)
 BatchData = tuple[PyTree, Array]  # ((inputs, targets), mask)
 PackedMetrics = dict[str, Array]  # {dtype name: 1-D array}, see `_Packing`
 
@@ -71,13 +76,19 @@ class StepOptions:
       with torch's `clip_grad_norm_` rule (`transforms.clip_by_torch_norm`:
       `coef = min(1, max_norm / (norm + 1e-6))`, applied before the optimizer), or None.
     on_nonfinite: None: the step returns its batch loss. `"raise"`: it returns
-      `[batch_loss, finite]`, `finite` being 1 when the loss and every gradient were
-      finite, else 0 (the caller raises). `"skip"`: the same, and a non-finite step
-      returns the carry it was given (no update).
+      `[batch_loss, status]`, `status` being `FINITE` (0) when everything was finite,
+      `BAD_GRADIENTS` (1) when the loss or a gradient was not, `BAD_UPDATE` (2) when they
+      were but the new params or model state were not (the caller raises). `"skip"`: the
+      same, and a non-finite step returns the carry it was given (no update).
+    learning_rate: None, or a function reading the learning rate out of the optimizer
+      state an update returns (`_plateau.learning_rate_reader`): the step then returns
+      `(out, learning_rate)`, the rate of its update (for a skipped step, the rate it
+      would have used).
   """
 
   clip_global_norm: Optional[float] = None
   on_nonfinite: Optional[str] = None
+  learning_rate: Optional[Callable[[PyTree], Array]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +98,8 @@ class Steps:
   Attributes:
     train: `train(carry, ((inputs, targets), mask)) -> (carry, out)`, jitted, donates
       `carry`. `out` is the batch loss (the mean loss over the real rows, taken with the
-      params before the update), or `[batch_loss, finite]` with `on_nonfinite` set.
+      params before the update), or `[batch_loss, status]` with `on_nonfinite` set;
+      `(out, learning_rate)` with `StepOptions.learning_rate` set.
     train_scan: the same step scanned over batches stacked on a leading axis, jitted,
       donates `carry`; `out` is stacked along a new leading axis.
     evaluate: `evaluate(tally, params, model_state, ((inputs, targets), mask)) -> tally`,
@@ -98,8 +110,8 @@ class Steps:
     tally_values: `{"loss": ..., **metrics}` of a `Tally`, as device scalars.
   """
 
-  train: Callable[[Carry, BatchData], tuple[Carry, Array]]
-  train_scan: Callable[[Carry, BatchData], tuple[Carry, Array]]
+  train: Callable[[Carry, BatchData], tuple[Carry, PyTree]]
+  train_scan: Callable[[Carry, BatchData], tuple[Carry, PyTree]]
   evaluate: Callable[[Tally, PyTree, PyTree, BatchData], Tally]
   new_metrics: Callable[[], PackedMetrics]
   new_tally: Callable[[], Tally]
@@ -125,9 +137,9 @@ def build_steps(
   packing = _Packing(collection.init)
   loss_kwargs = _mask_keyword(loss)
 
-  def forward(params: PyTree, model_state: PyTree, batch: BatchData) -> tuple[Array, tuple]:
+  def forward(params: PyTree, model_state: PyTree, batch: BatchData, train: bool) -> tuple[Array, tuple]:
     (inputs, targets), mask = _unpack(batch)
-    predictions, new_model_state = model.apply(params, model_state, inputs)
+    predictions, new_model_state = model.apply(params, model_state, inputs, train)
     per_example = loss(predictions, targets, reduction="none", **loss_kwargs(mask))
     if jnp.shape(per_example) != mask.shape:
       raise ValueError(
@@ -139,26 +151,36 @@ def build_steps(
     batch_loss = jnp.sum(per_example) / jnp.maximum(jnp.sum(mask), 1)
     return batch_loss, (per_example, targets, predictions, mask, new_model_state)
 
-  def train(carry: Carry, batch: BatchData) -> tuple[Carry, Array]:
+  def train(carry: Carry, batch: BatchData) -> tuple[Carry, PyTree]:
     if model.tx is None:  # `evaluate` builds the steps without an optimizer, and never trains
       raise ValueError("optimizer is required to train: pass an Optax transformation (or an nnx.Optimizer).")
     grad_fn = jax.value_and_grad(forward, has_aux=True)
-    (batch_loss, (_, targets, predictions, mask, model_state)), grads = grad_fn(carry.params, carry.model_state, batch)
-    finite = _all_finite(batch_loss, grads)
+    (batch_loss, (_, targets, predictions, mask, model_state)), grads = grad_fn(
+      carry.params, carry.model_state, batch, True
+    )
+    gradients_finite = _all_finite(batch_loss, grads)
     if options.clip_global_norm is not None:
       grads, _ = transforms.clip_by_torch_norm(grads, options.clip_global_norm)
     updates, opt_state = model.tx.update(grads, carry.opt_state, carry.params)
     params = optax.apply_updates(carry.params, updates)
     metric_states = collection.update(packing.unpack(carry.metrics), targets, predictions, mask=mask)
     new = Carry(params, opt_state, model_state, packing.pack(metric_states))
-    if options.on_nonfinite is None:
-      return new, batch_loss
-    if options.on_nonfinite == "skip":
-      new = jax.tree.map(lambda updated, old: jnp.where(finite, updated, old), new, carry)
-    return new, jnp.stack([batch_loss, finite.astype(batch_loss.dtype)])
+    out = batch_loss
+    if options.on_nonfinite is not None:
+      # The new params catch a NaN/Inf update (an optimizer dividing 0 by 0) and an overflow
+      # alike; the new model state, e.g. batch statistics gone bad.
+      status = jnp.where(
+        gradients_finite, jnp.where(_all_finite(params, model_state), FINITE, BAD_UPDATE), BAD_GRADIENTS
+      )
+      out = jnp.stack([batch_loss, status.astype(batch_loss.dtype)])
+      if options.on_nonfinite == "skip":
+        new = jax.tree.map(lambda updated, old: jnp.where(status == FINITE, updated, old), new, carry)
+    if options.learning_rate is not None:  # read from the update's own state, before a skip discards it
+      return new, (out, options.learning_rate(opt_state))
+    return new, out
 
   def evaluate(tally: Tally, params: PyTree, model_state: PyTree, batch: BatchData) -> Tally:
-    _, (per_example, targets, predictions, mask, _) = forward(params, model_state, batch)
+    _, (per_example, targets, predictions, mask, _) = forward(params, model_state, batch, False)
     return Tally(
       loss_metric.update(tally.loss, per_example, mask=mask),
       collection.update(tally.metrics, targets, predictions, mask=mask),
@@ -180,11 +202,16 @@ def build_steps(
   )
 
 
-def _all_finite(batch_loss: Array, grads: PyTree) -> Array:
-  """A bool scalar: the loss and every element of every gradient are finite."""
-  finite = jnp.isfinite(batch_loss)
-  for leaf in jax.tree.leaves(grads):
-    finite &= jnp.all(jnp.isfinite(leaf))
+def _all_finite(*trees: PyTree) -> Array:
+  """A bool scalar: every element of every floating-point leaf of `trees` is finite.
+
+  Other leaves (step counts, RNG keys) cannot be NaN. The loop over leaves runs while
+  tracing: the compiled step holds one fused reduction per leaf.
+  """
+  finite = jnp.bool_(True)
+  for leaf in jax.tree.leaves(trees):
+    if jnp.issubdtype(leaf.dtype, jnp.inexact):
+      finite &= jnp.all(jnp.isfinite(leaf))
   return finite
 
 

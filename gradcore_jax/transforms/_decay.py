@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
 from typing import Callable
 from typing import Optional
 from typing import Union
 
+import jax
+import numpy as np
 import optax
 
 from gradcore_jax import _checks
@@ -36,6 +39,12 @@ def coupled_weight_decay(weight_decay: Scalar) -> GradientTransformation:
 
   This is torch's `weight_decay` for SGD, RMSprop, Adam, Adagrad, Adadelta, Adamax,
   NAdam and RAdam: the decay term is then rescaled by the adaptive denominator.
+
+  Args:
+    weight_decay: the L2 factor (>= 0; a number or a traced scalar).
+
+  Returns:
+    An `optax.GradientTransformation` whose `update` needs the params.
   """
   return _add_scaled_params(weight_decay, "coupled_weight_decay")
 
@@ -49,11 +58,67 @@ def decoupled_weight_decay(
   i.e. torch's `p <- p * (1 - lr * wd)` followed by the preconditioned step (Loshchilov &
   Hutter, 2019). `mask` (a bool pytree or a callable returning one; True = decay) limits
   the decay to some leaves, as in `optax.adamw`.
+
+  Args:
+    weight_decay: the decay rate, >= 0.
+    mask: None (decay every leaf), a pytree of booleans with the params' structure or a
+      prefix of it, or a callable `params -> such a pytree`. Anything else (a string, a
+      number, a tree that does not fit the params) raises naming `mask`: a pytree is
+      checked here and against the params in `init` and `update`, a callable's result
+      there.
   """
   inner = _add_scaled_params(weight_decay, "decoupled_weight_decay")
   if mask is None:
     return inner
-  return optax.masked(inner, mask)
+  check_mask(mask)
+  masked = optax.masked(inner, mask)
+
+  def init_fn(params):
+    check_mask(mask, params)
+    return masked.init(params)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    check_mask(mask, updates)
+    return masked.update(updates, state, params, **extra_args)
+
+  return GradientTransformation(init_fn, update_fn)
+
+
+def check_mask(mask: Any, params: Optional[PyTree] = None, *, name: str = "mask") -> None:
+  """Raises naming `name` unless `mask` is a pytree of booleans fitting `params` (or a callable giving one).
+
+  Without `params`, a callable passes and a pytree's leaves are checked; with `params`, a
+  callable is called on them and the tree must have the params' structure or a prefix of it.
+  """
+  if isinstance(mask, (str, bytes)):
+    raise TypeError(
+      f"{name} must be a pytree of booleans like the params (or a prefix of it), or a callable returning one; "
+      f"got the string {mask!r}."
+    )
+  if callable(mask):
+    if params is None:
+      return
+    mask = mask(params)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(mask)[0]:
+    if not _is_boolean(leaf):
+      where = f" at {jax.tree_util.keystr(path)}" if path else ""
+      raise TypeError(
+        f"{name} must be a pytree of booleans (True = apply to this leaf) like the params or a prefix of it; "
+        f"got {type(leaf).__name__} {leaf!r}{where}."
+      )
+  if params is not None:
+    try:
+      jax.tree.structure(mask).flatten_up_to(params)
+    except (TypeError, ValueError) as err:
+      raise ValueError(
+        f"{name} does not fit the params: it must have their tree structure or a prefix of it ({err})."
+      ) from None
+
+
+def _is_boolean(leaf: Any) -> bool:
+  if isinstance(leaf, (bool, np.bool_)):
+    return True
+  return isinstance(leaf, (np.ndarray, jax.Array)) and leaf.dtype == np.bool_ and np.ndim(leaf) == 0
 
 
 def inverse_time_decay(learning_rate: ScalarOrSchedule, lr_decay: Scalar) -> Callable[[Array], Array]:
@@ -61,6 +126,13 @@ def inverse_time_decay(learning_rate: ScalarOrSchedule, lr_decay: Scalar) -> Cal
 
   `t` is the number of steps already taken (0 on the first step), which is torch's
   `clr = lr / (1 + (step - 1) * lr_decay)` with its 1-based `step`.
+
+  Args:
+    learning_rate: the base rate: a number, a jax scalar or a schedule `count -> lr`.
+    lr_decay: torch's `lr_decay` (>= 0).
+
+  Returns:
+    A schedule `count -> lr_t`.
   """
   _checks.check_non_negative("lr_decay", lr_decay)
 

@@ -26,6 +26,13 @@ def bias_correction(decay: Scalar, count: Array) -> Array:
 
   Evaluated as `-expm1(t * log(decay))`, which stays accurate to float32 rounding where
   the direct form loses digits to cancellation (`1 - 0.999**t` for small `t`).
+
+  Args:
+    decay: the moment's decay `b1` or `b2` in [0, 1): a number or a traced scalar.
+    count: the 1-based step `t` (an int32 array, the state's count after incrementing).
+
+  Returns:
+    `1 - decay**count`, a floating-point array.
   """
   return -jnp.expm1(as_float(count) * host_log(decay))
 
@@ -52,6 +59,14 @@ def rms_denominator(second_moment: Array, eps: Scalar, bias_correction: Optional
 
   `d = sqrt(v) + eps`, or `d = sqrt(v) / sqrt(bc) + eps` with a bias correction `bc`.
   (Optax's `rmsprop` puts eps inside the root by default: `sqrt(v + eps)`.)
+
+  Args:
+    second_moment: the running average `v` of the squared gradients, one leaf.
+    eps: added after the square root.
+    bias_correction: `bc = 1 - b2**t` to divide `v` by (None: no correction, as RMSprop).
+
+  Returns:
+    `d`, shaped and typed like `second_moment`.
   """
   root = jnp.sqrt(second_moment)
   if bias_correction is not None:
@@ -72,6 +87,14 @@ def lerp(start: Array, end: Array, weight: Scalar) -> Array:
   first, as torch rounds a Python scalar to the tensor's. (This is the same average as
   `ema(start, end, 1 - weight)` in exact arithmetic; Adafactor's moments and Muon's
   momentum buffer are written with it in torch, and it rounds differently.)
+
+  Args:
+    start: the array to move from (its dtype is the result's).
+    end: the array to move towards, shaped like `start`.
+    weight: how far to move, a number or a scalar array (1: `end`).
+
+  Returns:
+    The interpolated array, in `start`'s dtype.
   """
   weight = jnp.asarray(weight).astype(start.dtype)
   difference = end - start

@@ -42,9 +42,18 @@ def scale_by_rms(alpha: Scalar = 0.99, eps: Scalar = 1e-8, centered: bool = Fals
   `v <- alpha * v + (1 - alpha) * g**2` (v starts at 0); centered also tracks
   `gbar <- alpha * gbar + (1 - alpha) * g` and uses `v - gbar**2`; the output is
   `g / (sqrt(v) + eps)` with eps outside the root.
+
+  Args:
+    alpha: the decay of the squared-gradient average, in [0, 1) (torch's `alpha`, default 0.99).
+    eps: added to the root (default 1e-8).
+    centered: also track the mean gradient and divide by the variance's root (default False).
+
+  Returns:
+    An `optax.GradientTransformation`; state `ScaleByRmsState`.
   """
   _checks.check_unit_interval("alpha", alpha)
   _checks.check_non_negative("eps", eps)
+  _checks.check_flag("centered", centered)
 
   def init_fn(params):
     return ScaleByRmsState(square_avg=zeros_like(params), grad_avg=zeros_like(params) if centered else None)
@@ -106,8 +115,18 @@ def scale_by_adam(
   `(m / bc1) / (sqrt(v) / sqrt(bc2) + eps)` with `bc_i = 1 - b_i**t`. With `amsgrad`,
   `vmax <- max(vmax, v)` on the raw `v` and `vmax` replaces `v` in the denominator
   (torch's rule; `optax.amsgrad` takes the max of a different quantity).
+
+  Args:
+    b1: the first moment's decay in [0, 1), or a schedule `count -> b1` (default 0.9).
+    b2: the second moment's decay in [0, 1) (default 0.999).
+    eps: added to the bias-corrected root (default 1e-8).
+    amsgrad: keep the running maximum of `v` and divide by it (default False).
+
+  Returns:
+    An `optax.GradientTransformation`; state `ScaleByAdamState`.
   """
   _check_betas(b1, b2, eps)
+  _checks.check_flag("amsgrad", amsgrad)
 
   def init_fn(params):
     return ScaleByAdamState(
@@ -134,6 +153,8 @@ def scale_by_adam(
 
 
 class ScaleByAdamaxState(NamedTuple):
+  """Adamax's state: the step count, the first moment `mu` and the infinity norm `inf_norm`."""
+
   count: Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's field name, shadows tuple.count)
   mu: PyTree
   inf_norm: PyTree
@@ -143,6 +164,14 @@ def scale_by_adamax(b1: ScalarOrSchedule = 0.9, b2: Scalar = 0.999, eps: Scalar 
   """Torch's Adamax direction (Kingma & Ba, 2015, §7).
 
   `m <- b1*m + (1-b1)*g`, `u <- max(b2*u, |g| + eps)`, output `(m / bc1) / u`.
+
+  Args:
+    b1: the first moment's decay in [0, 1), or a schedule `count -> b1` (default 0.9).
+    b2: the infinity norm's decay in [0, 1) (default 0.999).
+    eps: added to `|g|` inside the maximum (default 1e-8).
+
+  Returns:
+    An `optax.GradientTransformation`; state `ScaleByAdamaxState`.
   """
   _check_betas(b1, b2, eps)
 
@@ -181,6 +210,15 @@ def scale_by_nadam(
   `d = sqrt(v) / sqrt(bc2) + eps`; output
   `(1 - mu_t) / (1 - P_t) * g / d + mu_{t+1} / (1 - P_t * mu_{t+1}) * m / d`.
   (`optax.nadam` is Adam with a Nesterov term and no momentum decay: a different rule.)
+
+  Args:
+    b1: the base momentum `b1` of `mu_t` in [0, 1), or a schedule `count -> b1` (default 0.9).
+    b2: the second moment's decay in [0, 1) (default 0.999).
+    eps: added to the bias-corrected root (default 1e-8).
+    momentum_decay: torch's `momentum_decay` (>= 0, default 4e-3).
+
+  Returns:
+    An `optax.GradientTransformation`; state `ScaleByNadamState`.
   """
   _check_betas(b1, b2, eps)
   _checks.check_non_negative("momentum_decay", momentum_decay)
@@ -220,6 +258,8 @@ def scale_by_nadam(
 
 
 class ScaleByRadamState(NamedTuple):
+  """RAdam's state: the step count and the first and second moments `mu`, `nu`."""
+
   count: Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's field name, shadows tuple.count)
   mu: PyTree
   nu: PyTree
@@ -233,6 +273,14 @@ def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: Scalar = 0.999, eps: Scalar =
   rectifier `r_t = sqrt((rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t))`,
   otherwise plain momentum `m_hat`. (`optax.radam` places eps differently and tests
   `rho_t >= 5`.)
+
+  Args:
+    b1: the first moment's decay in [0, 1), or a schedule `count -> b1` (default 0.9).
+    b2: the second moment's decay in [0, 1) (default 0.999).
+    eps: added to the root of `v` (default 1e-8).
+
+  Returns:
+    An `optax.GradientTransformation`; state `ScaleByRadamState`.
   """
   _check_betas(b1, b2, eps)
 
@@ -281,6 +329,8 @@ def _radam_rho(b2: Scalar, count: Array) -> Array:
 
 
 class ScaleByAdagradState(NamedTuple):
+  """Adagrad's state: the running sum of squared gradients (torch's `sum`)."""
+
   sum_of_squares: PyTree
 
 
@@ -289,6 +339,13 @@ def scale_by_adagrad(initial_accumulator_value: Scalar = 0.0, eps: Scalar = 1e-1
 
   `s <- s + g**2` (s starts at `initial_accumulator_value`), output `g / (sqrt(s) + eps)`.
   (`optax.adagrad` starts at 0.1 and puts eps inside the root.)
+
+  Args:
+    initial_accumulator_value: the starting value of the sum of squares (>= 0, default 0).
+    eps: added to the root (default 1e-10).
+
+  Returns:
+    An `optax.GradientTransformation`; state `ScaleByAdagradState`.
   """
   _checks.check_non_negative("initial_accumulator_value", initial_accumulator_value)
   _checks.check_non_negative("eps", eps)
@@ -309,6 +366,8 @@ def scale_by_adagrad(initial_accumulator_value: Scalar = 0.0, eps: Scalar = 1e-1
 
 
 class ScaleByAdadeltaState(NamedTuple):
+  """Adadelta's state: the averages of squared gradients and of squared updates (torch's `square_avg`, `acc_delta`)."""
+
   square_avg: PyTree
   acc_delta: PyTree
 
@@ -320,6 +379,13 @@ def scale_by_adadelta(rho: Scalar = 0.9, eps: Scalar = 1e-6) -> GradientTransfor
   `u <- rho*u + (1-rho)*delta**2`; output `delta`. Here eps sits *inside* both roots,
   as in the paper and torch. (`optax.adadelta` with its default `learning_rate=None`
   ascends; this block is a descent direction once the learning rate is applied.)
+
+  Args:
+    rho: the decay of both averages, in [0, 1) (default 0.9).
+    eps: added inside both roots (default 1e-6).
+
+  Returns:
+    An `optax.GradientTransformation`; state `ScaleByAdadeltaState`.
   """
   _checks.check_unit_interval("rho", rho)
   _checks.check_non_negative("eps", eps)

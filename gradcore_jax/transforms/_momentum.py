@@ -47,6 +47,7 @@ def torch_momentum(
   """
   _checks.check_non_negative("momentum", momentum)
   _checks.check_non_negative("dampening", dampening)
+  _checks.check_flag("nesterov", nesterov)
   if nesterov and (_checks.is_static_zero(momentum) or (_checks.is_number(dampening) and dampening != 0)):
     raise ValueError(
       f"nesterov=True requires momentum > 0 and dampening == 0, got momentum={momentum!r}, dampening={dampening!r}."
@@ -75,6 +76,8 @@ def torch_momentum(
 
 
 class EmaMomentumState(NamedTuple):
+  """The zero-start moving average of the gradients (`sgd_ema`'s `step`)."""
+
   momentum_buffer: PyTree
 
 
@@ -83,6 +86,12 @@ def ema_momentum(beta: Scalar = 0.9) -> GradientTransformation:
 
   Unlike torch's trace, the first step is `(1 - beta) * g` (no bias correction), so early
   steps are small. This is `optax.ema(beta, debias=False)` with dtype-stable state.
+
+  Args:
+    beta: the decay of the average, in [0, 1) (default 0.9).
+
+  Returns:
+    An `optax.GradientTransformation`; state `EmaMomentumState`.
   """
   _checks.check_unit_interval("beta", beta)
 

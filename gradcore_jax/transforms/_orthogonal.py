@@ -125,6 +125,13 @@ def adjusted_lr_ratio(shape: Sequence[int], adjust_lr_fn: Optional[str] = None) 
   `0.2 * sqrt(max(A, B))` (Moonshot's, to reuse AdamW's learning rate and weight decay).
   Rows and columns are the array's own: a torch `Linear` weight is `(out, in)`, a Flax
   `Dense` kernel `(in, out)`.
+
+  Args:
+    shape: the matrix's shape `(A, B)`.
+    adjust_lr_fn: `None`, `"original"` or `"match_rms_adamw"`, as torch's `Muon(adjust_lr_fn=...)`.
+
+  Returns:
+    The factor the learning rate is multiplied by, a Python float.
   """
   rows, cols = shape[:2]
   if adjust_lr_fn is None or adjust_lr_fn == "original":
@@ -195,6 +202,7 @@ def scale_by_muon(
     An `optax.GradientTransformationExtraArgs` whose state is a `ScaleByMuonState`.
   """
   check_muon_hyperparameters(momentum, ns_coefficients, eps, ns_steps, adjust_lr_fn)
+  _checks.check_flag("nesterov", nesterov)
 
   def init_fn(params):
     check_matrices(params, "param")

@@ -39,6 +39,13 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransform
   `learning_rate` is a float, a jax scalar, or a schedule `count -> lr` evaluated at the
   number of steps already taken (0 on the first step, as `optax.scale_by_schedule`).
   The update keeps the gradient's dtype.
+
+  Args:
+    learning_rate: a number, a jax scalar or a schedule `count -> lr` (>= 0).
+
+  Returns:
+    An `optax.GradientTransformation`; its state is empty for a constant rate and a step
+    count for a schedule.
   """
   _checks.check_learning_rate(learning_rate)
 
