@@ -145,6 +145,7 @@ def main(checkpoints: str) -> dict:
   eight = gcj.evaluate(mlp, evaluation, loss=gcj.losses.cross_entropy, params=single.model, metrics={"accuracy": gcj.metrics.accuracy()}, mesh=auto, param_sharding=fsdp)
   report["evaluate"] = {"single": one, "mesh": eight}
   report["modes"] = modes_report(x, y, auto)
+  report["factored"] = factored_report(x, y, params, auto)
   try:
     loader = gcj.DataLoader((x, y), batch_size=12)
     gcj.fit(mlp, optax.sgd(0.1), params=params, loss=gcj.losses.cross_entropy, train_loader=loader, epochs=1, mesh=auto)
@@ -152,6 +153,35 @@ def main(checkpoints: str) -> dict:
   except ValueError as err:
     report["indivisible_batch_error"] = str(err)
   return report
+
+
+def factored_report(x, y, params, mesh) -> dict:
+  """Adafactor and Muon (states not shaped like their params) on FSDP params: fit on `mesh` vs one device.
+
+  The params are given as jax arrays on one device and checked afterwards: placing them on
+  the mesh must copy them, never hand the caller's buffers to the donated step.
+  """
+  on_device = jax.tree.map(jnp.asarray, params)
+  optimizers = {
+      "adafactor": gcj.adafactor(1e-2, weight_decay=0.01),
+      # Muon takes 2-D leaves only: the biases go to AdamW, torch's recommended pairing.
+      "muon": optax.partition(
+          {"muon": gcj.muon(1e-2), "adamw": gcj.adamw(1e-2)},
+          lambda tree: jax.tree.map(lambda p: "muon" if p.ndim == 2 else "adamw", tree),
+      ),
+  }
+  found = {}
+  for name, tx in optimizers.items():
+    kwargs = dict(params=on_device, loss=gcj.losses.cross_entropy, epochs=1, progress=False)
+    single = gcj.fit(mlp, tx, train_loader=gcj.DataLoader((x, y), batch_size=16), **kwargs)
+    sharded = gcj.fit(mlp, tx, train_loader=gcj.DataLoader((x, y), batch_size=16), mesh=mesh, param_sharding=fsdp, **kwargs)
+    found[name] = {
+        "params_difference": relative_difference(sharded.model, single.model),
+        "state_difference": relative_difference(sharded.opt_state, single.opt_state),
+        "sharded_state_leaves": sum(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(sharded.opt_state)),
+    }
+  found["callers_params_alive"] = not any(leaf.is_deleted() for leaf in jax.tree.leaves(on_device))
+  return found
 
 
 def modes_report(x, y, mesh) -> dict:

@@ -34,6 +34,7 @@ rounding can follow such a run to 1e-10. So:
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any, NamedTuple
 
@@ -52,7 +53,7 @@ common_optimizers = pytest.importorskip("torch.testing._internal.common_optimize
 
 torch.set_num_threads(1)
 
-STEPS = 30
+STEPS = 25
 TOLERANCE = {np.float64: 1e-10, np.float32: 1e-5}
 
 # torch's matrix for LBFGS, by description.
@@ -163,13 +164,12 @@ def _jax_loss(problem: str, dtype, params):
   return PROBLEMS[problem].jax_loss(params, dtype)
 
 
-def _hyperparams(optimizer: torch.optim.LBFGS, dtype) -> dict[str, Any]:
+def _hyperparams(group: dict[str, Any], dtype) -> dict[str, Any]:
   """torch's group values of the numeric arguments, as traced arguments of `_step_fn`'s step.
 
   `max_eval` is torch's resolved value (`max_iter * 5 // 4` when not given); gcj's own default
   is compared with torch in `test_schedule_under_inject_hyperparams_matches_torch_lr_changes`.
   """
-  group = optimizer.param_groups[0]
   lr = group["lr"]
   return {
     "learning_rate": jnp.asarray(lr.item() if isinstance(lr, torch.Tensor) else lr, dtype),
@@ -209,6 +209,29 @@ class TorchRun:
   @property
   def state(self) -> dict[str, Any]:
     return self.optimizer.state[self.params[0]]
+
+
+class Recorded(NamedTuple):
+  """A float64 torch run recorded after every step: the params, a copy of its state, the scales seen so far."""
+
+  params: list[tuple[np.ndarray, ...]]
+  states: list[dict[str, Any]]
+  scales: list[dict[str, float]]
+  group: dict[str, Any]
+
+
+@functools.cache
+def torch_run(problem: str, desc: str) -> Recorded:
+  """`STEPS` torch steps of one combination, run once for the tests that compare with it."""
+  with precision(np.float64):
+    run = TorchRun(problem, COMBINATIONS[desc], np.float64)
+    recorded = Recorded([], [], [], dict(run.optimizer.param_groups[0]))
+    for _ in range(STEPS):
+      run.step()
+      recorded.params.append(tuple(p.detach().numpy().copy() for p in run.params))
+      recorded.states.append(copy.deepcopy(run.state))
+      recorded.scales.append(dict(run.scales))
+  return recorded
 
 
 def _number(value: Any) -> float:
@@ -266,7 +289,9 @@ def _close(name: str, ours: Any, theirs: Any, tol: float, scale: float | None = 
   return gap
 
 
-def assert_state_matches(ours: LBFGSState, reference: TorchRun, tol: float, *, history: bool = True) -> None:
+def assert_state_matches(
+  ours: LBFGSState, theirs: dict[str, Any], scales: dict[str, float], tol: float, *, history: bool = True
+) -> None:
   """torch's LBFGS state, each entry at the scale of what it measures; the pairs read from the buffer oldest first.
 
   Steps (`old_stps`, `t*d`) are compared relative to the largest param, gradient differences
@@ -277,7 +302,6 @@ def assert_state_matches(ours: LBFGSState, reference: TorchRun, tol: float, *, h
   `old_dirs`, `t*d`): over a free run they differ from torch's more than the params do
   (measured up to 7e-9 against 6e-11), because the iteration corrects a step's error in the next ones.
   """
-  theirs, scales = reference.state, reference.scales
   assert (int(ours.func_evals), int(ours.n_iter)) == (theirs["func_evals"], theirs["n_iter"])
   if "d" not in theirs:  # every update so far stopped at once on a small gradient
     return
@@ -325,18 +349,18 @@ STEPWISE_RUNS = [
 
 @pytest.mark.parametrize("problem,desc", FREE_RUNS, ids=[f"{p}: {d}" for p, d in FREE_RUNS])
 def test_trajectory_matches_torch(problem: str, desc: str):
-  """30 consecutive updates against 30 torch steps: params, counters and state after each one."""
+  """`STEPS` consecutive updates against as many torch steps: params, counters and state after each one."""
   dtype = np.float64
   kwargs = COMBINATIONS[desc]
+  reference = torch_run(problem, desc)
   with precision(dtype):
-    reference = TorchRun(problem, kwargs, dtype)
     params, state = _start(problem, kwargs, dtype)
     step = _step_fn(problem, "float64", kwargs.get("line_search_fn"))
+    hyperparams = _hyperparams(reference.group, dtype)
     for t in range(STEPS):
-      reference.step()
-      params, state = step(params, state, _hyperparams(reference.optimizer, dtype))
-      _close(f"params after update {t + 1}", _flat(params), reference.flat_params(), TOLERANCE[dtype])
-      assert_state_matches(state, reference, TOLERANCE[dtype], history=False)
+      params, state = step(params, state, hyperparams)
+      _close(f"params after update {t + 1}", _flat(params), _flat(reference.params[t]), TOLERANCE[dtype])
+      assert_state_matches(state, reference.states[t], reference.scales[t], TOLERANCE[dtype], history=False)
 
 
 @pytest.mark.parametrize("problem,desc", STEPWISE_RUNS, ids=[f"{p}: {d}" for p, d in STEPWISE_RUNS])
@@ -344,18 +368,18 @@ def test_each_update_matches_torch_step(problem: str, desc: str):
   """Each update, from torch's params and state, equals torch's step (the runs torch cannot reproduce itself)."""
   dtype = np.float64
   kwargs = COMBINATIONS[desc]
+  reference = torch_run(problem, desc)
   with precision(dtype):
-    reference = TorchRun(problem, kwargs, dtype)
     params, state = _start(problem, kwargs, dtype)
     step = _step_fn(problem, "float64", kwargs.get("line_search_fn"))
+    hyperparams = _hyperparams(reference.group, dtype)
     for t in range(STEPS):
       if t:
-        params = tuple(jnp.asarray(p.detach().numpy()) for p in reference.params)
-        state = state_from_torch(reference.state, state, t)
-      reference.step()
-      params, state = step(params, state, _hyperparams(reference.optimizer, dtype))
-      _close(f"params after update {t + 1}", _flat(params), reference.flat_params(), TOLERANCE[dtype])
-      assert_state_matches(state, reference, TOLERANCE[dtype])
+        params = tuple(jnp.asarray(leaf) for leaf in reference.params[t - 1])
+        state = state_from_torch(reference.states[t - 1], state, t)
+      params, state = step(params, state, hyperparams)
+      _close(f"params after update {t + 1}", _flat(params), _flat(reference.params[t]), TOLERANCE[dtype])
+      assert_state_matches(state, reference.states[t], reference.scales[t], TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize("desc", ["default", "strong_wolfe"])

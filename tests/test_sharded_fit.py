@@ -74,3 +74,19 @@ def test_batchnorm_statistics_and_dropout_keys_on_the_mesh_equal_one_device(repo
 def test_a_batch_size_that_does_not_divide_over_the_devices_is_refused(report: dict) -> None:
   message = report["indivisible_batch_error"]
   assert message is not None and "train_loader.batch_size (12) must be divisible by the 8 devices" in message
+
+
+@pytest.mark.parametrize("name", ("adafactor", "muon"))
+def test_states_not_shaped_like_their_params_train_on_the_mesh_as_on_one_device(report: dict, name: str) -> None:
+  # Adafactor's row/column statistics and its None leaves, and Muon's partitioned state, are
+  # laid out as `tx.init` lays them out for the sharded params.
+  run = report["factored"][name]
+  assert run["params_difference"] < FLOAT32_ROUNDING
+  assert run["state_difference"] < FLOAT32_ROUNDING
+  assert run["sharded_state_leaves"] > 0
+
+
+def test_a_mesh_run_leaves_the_callers_params_alive(report: dict) -> None:
+  # jax's device_put may reuse a one-device buffer as a replicated shard; the donated step
+  # would then delete the caller's array.
+  assert report["factored"]["callers_params_alive"]
