@@ -25,11 +25,11 @@ import torch
 from benchmarks import common
 
 BYTES_PER_ELEMENT = {
-    "torch_triad": 12,
-    "torch_axpy_in_place": 12,
-    "torch_copy": 8,
-    "numpy_add_1_thread": 12,
-    "jax_axpy_donated": 12,
+  "torch_triad": 12,
+  "torch_axpy_in_place": 12,
+  "torch_copy": 8,
+  "numpy_add_1_thread": 12,
+  "jax_axpy_donated": 12,
 }
 
 
@@ -45,11 +45,11 @@ def measure(settings: common.Settings) -> dict[str, Any]:
   gbps = {name: BYTES_PER_ELEMENT[name] * n / t / 1e9 for name, t in times.items()}
   reference = max(gbps, key=gbps.__getitem__)
   return {
-      "elements": n,
-      "torch_threads": torch.get_num_threads(),
-      "gbps": gbps,
-      "reference": reference,
-      "reference_gbps": gbps[reference],
+    "elements": n,
+    "torch_threads": torch.get_num_threads(),
+    "gbps": gbps,
+    "reference": reference,
+    "reference_gbps": gbps[reference],
   }
 
 
@@ -60,11 +60,11 @@ def _runners(n: int) -> dict[str, common.Runner]:
   b_t, c_t = torch.from_numpy(b_np.copy()), torch.from_numpy(c_np.copy())
   a_t = torch.empty_like(b_t)
   return {
-      "torch_triad": lambda: torch.add(b_t, c_t, alpha=3.0, out=a_t),
-      "torch_axpy_in_place": lambda: a_t.add_(b_t, alpha=1e-3),
-      "torch_copy": lambda: a_t.copy_(b_t),
-      "numpy_add_1_thread": lambda: np.add(b_np, c_np, out=a_np),
-      "jax_axpy_donated": _jax_axpy(b_np),
+    "torch_triad": lambda: torch.add(b_t, c_t, alpha=3.0, out=a_t),
+    "torch_axpy_in_place": lambda: a_t.add_(b_t, alpha=1e-3),
+    "torch_copy": lambda: a_t.copy_(b_t),
+    "numpy_add_1_thread": lambda: np.add(b_np, c_np, out=a_np),
+    "jax_axpy_donated": _jax_axpy(b_np),
   }
 
 

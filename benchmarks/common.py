@@ -10,6 +10,7 @@ them alike), and report the median over rounds.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -18,7 +19,10 @@ import random
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from typing import Callable
+from typing import Mapping
+from typing import Sequence
 
 Runner = Callable[[], None]
 """One unit of work that returns only when the work is done (results blocked on)."""
@@ -59,8 +63,13 @@ def interleaved(runners: Mapping[str, Runner], settings: Settings, warmup: int =
   for names in shuffled_rounds(list(runners), settings.rounds):
     for name in names:
       run, count = runners[name], repeats[name]
-      samples[name].append(seconds(lambda: [run() for _ in range(count)]) / count)
+      samples[name].append(seconds(functools.partial(_repeat, run, count)) / count)
   return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _repeat(run: Runner, count: int) -> None:
+  for _ in range(count):
+    run()
 
 
 def shuffled_rounds(names: list[str], rounds: int, seed: int = 0) -> list[list[str]]:
@@ -77,19 +86,19 @@ def machine() -> dict[str, Any]:
   import torch
 
   return {
-      "cpu": _cpu_model(),
-      "logical_cpus": os.cpu_count(),
-      "memory_gib": round(_memory_bytes() / 2**30, 1),
-      "platform": platform.platform(),
-      "python": platform.python_version(),
-      "jax": jax.__version__,
-      "jax_backend": jax.default_backend(),
-      "jax_devices": [str(device) for device in jax.devices()],
-      "optax": optax.__version__,
-      "numpy": np.__version__,
-      "torch": torch.__version__,
-      "torch_threads": torch.get_num_threads(),
-      "load_average": list(os.getloadavg()),
+    "cpu": _cpu_model(),
+    "logical_cpus": os.cpu_count(),
+    "memory_gib": round(_memory_bytes() / 2**30, 1),
+    "platform": platform.platform(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "jax_backend": jax.default_backend(),
+    "jax_devices": [str(device) for device in jax.devices()],
+    "optax": optax.__version__,
+    "numpy": np.__version__,
+    "torch": torch.__version__,
+    "torch_threads": torch.get_num_threads(),
+    "load_average": list(os.getloadavg()),
   }
 
 
@@ -108,6 +117,31 @@ def _memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
   except (ValueError, OSError):
     return 0
+
+
+def resident_kib(field: str = "VmRSS") -> int:
+  """A memory figure of this process from `/proc/self/status`, in KiB (0 where there is none).
+
+  Args:
+    field: `VmRSS` (resident now), `VmHWM` (the high-water mark of `VmRSS`), `RssAnon`
+      (resident heap and other anonymous memory) or `RssFile` (resident pages of mapped
+      files: the code of the shared libraries, shared and reclaimable).
+  """
+  try:
+    for line in Path("/proc/self/status").read_text().splitlines():
+      if line.startswith(field + ":"):
+        return int(line.split()[1])
+  except OSError:
+    pass
+  return 0
+
+
+def reset_peak() -> None:
+  """Resets this process's high-water mark `VmHWM` to its resident set now (Linux `clear_refs`)."""
+  try:
+    Path("/proc/self/clear_refs").write_text("5")
+  except OSError:
+    pass
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:

@@ -9,9 +9,12 @@ Both train the same Flax linen MLP with Adam on the same `DataLoader` batches:
 * `fit_gcj_compiled_epoch`: `fit(..., compiled_epoch=True)`, each epoch one `lax.scan`.
 
 Steps per second are taken per epoch, leaving out each run's first epoch (it compiles);
-runs of the variants alternate in rounds, in a new random order each round. Peak memory is how far the process's resident
-set rose above its size at the start of a run, at its highest (the high-water mark is
-reset before each run), the largest over the rounds.
+runs of the variants alternate in rounds, in a new random order each round. Peak memory is
+how far the process's resident set rose above its size at the start of a run, at its
+highest (the high-water mark is reset before each run), the largest over the rounds. In
+one process it counts what a run needs beyond what earlier runs left behind (compiler
+memory the allocator kept, the code pages of jaxlib already touched): `memory.py` takes
+the first run of a process apart.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import dataclasses
 import functools
 import statistics
 import time
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+from typing import Callable
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -53,7 +57,7 @@ class MLP(nn.Module):
 @dataclasses.dataclass(frozen=True)
 class Workload:
   name: str
-  model: MLP
+  model: nn.Module
   loader: DataLoader
   epochs: int
 
@@ -79,8 +83,8 @@ def workloads(settings: common.Settings) -> list[Workload]:
     return [Workload("digits_mlp", MLP((64,), 10), digits, 2)]
   large = DataLoader(_synthetic(8192, 256, 10), batch_size=128, shuffle=True, seed=0)
   return [
-      Workload("digits_mlp", MLP((64,), 10), digits, 11),
-      Workload("mlp_large", MLP((1024, 1024), 10), large, 3),
+    Workload("digits_mlp", MLP((64,), 10), digits, 11),
+    Workload("mlp_large", MLP((1024, 1024), 10), large, 3),
   ]
 
 
@@ -117,16 +121,16 @@ def handwritten(workload: Workload) -> list[float]:
 
 
 def with_fit(
-    tx_factory: Callable[[], optax.GradientTransformation], compiled_epoch: bool = False
+  tx_factory: Callable[[], optax.GradientTransformation], compiled_epoch: bool = False
 ) -> Callable[[Workload], list[float]]:
   def run(workload: Workload) -> list[float]:
     result = fit(
-        _train_state(workload, tx_factory()),
-        loss=losses.cross_entropy,
-        train_loader=workload.loader,
-        epochs=workload.epochs,
-        progress=False,
-        compiled_epoch=compiled_epoch,
+      _train_state(workload, tx_factory()),
+      loss=losses.cross_entropy,
+      train_loader=workload.loader,
+      epochs=workload.epochs,
+      progress=False,
+      compiled_epoch=compiled_epoch,
     )
     return list(result.stats.steps_per_second)
 
@@ -134,26 +138,11 @@ def with_fit(
 
 
 VARIANTS: dict[str, Callable[[Workload], list[float]]] = {
-    "handwritten_optax": handwritten,
-    "fit_optax": with_fit(lambda: optax.adam(LEARNING_RATE)),
-    "fit_gcj": with_fit(lambda: gcj.adam(LEARNING_RATE)),
-    "fit_gcj_compiled_epoch": with_fit(lambda: gcj.adam(LEARNING_RATE), compiled_epoch=True),
+  "handwritten_optax": handwritten,
+  "fit_optax": with_fit(lambda: optax.adam(LEARNING_RATE)),
+  "fit_gcj": with_fit(lambda: gcj.adam(LEARNING_RATE)),
+  "fit_gcj_compiled_epoch": with_fit(lambda: gcj.adam(LEARNING_RATE), compiled_epoch=True),
 }
-
-
-def _resident_kib(field: str) -> int:
-  for line in Path("/proc/self/status").read_text().splitlines():
-    if line.startswith(field + ":"):
-      return int(line.split()[1])
-  return 0
-
-
-def _reset_peak() -> None:
-  """Resets the process's high-water mark of resident memory (Linux `clear_refs`)."""
-  try:
-    Path("/proc/self/clear_refs").write_text("5")
-  except OSError:
-    pass
 
 
 def run_workload(workload: Workload, rounds: int) -> list[dict[str, Any]]:
@@ -162,21 +151,21 @@ def run_workload(workload: Workload, rounds: int) -> list[dict[str, Any]]:
   for names in common.shuffled_rounds(list(VARIANTS), rounds):
     for name in names:
       variant = VARIANTS[name]
-      _reset_peak()
-      before = _resident_kib("VmRSS")
+      common.reset_peak()
+      before = common.resident_kib("VmRSS")
       rates[name].extend(variant(workload)[1:])  # epoch 0 compiles
-      growth[name] = max(growth[name], _resident_kib("VmHWM") - before)
+      growth[name] = max(growth[name], common.resident_kib("VmHWM") - before)
   reference = statistics.median(rates["handwritten_optax"])
   return [
-      {
-          "workload": workload.name,
-          "variant": name,
-          "steps_per_s": statistics.median(values),
-          "vs_handwritten": statistics.median(values) / reference,
-          "peak_growth_mib": growth[name] / 1024,
-          "epochs_timed": len(values),
-      }
-      for name, values in rates.items()
+    {
+      "workload": workload.name,
+      "variant": name,
+      "steps_per_s": statistics.median(values),
+      "vs_handwritten": statistics.median(values) / reference,
+      "peak_growth_mib": growth[name] / 1024,
+      "epochs_timed": len(values),
+    }
+    for name, values in rates.items()
   ]
 
 

@@ -22,7 +22,9 @@ import dataclasses
 import functools
 import gc
 import time
-from typing import Any, Callable, Optional
+from typing import Any
+from typing import Callable
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +39,11 @@ from gradcore_jax.multi_tensor import multi_tensor
 
 LR = 1e-3
 WEIGHT_DECAY = 1e-2
-TORCH_VARIANTS = {"torch_for_loop": {"foreach": False}, "torch_foreach": {"foreach": True}, "torch_fused": {"fused": True}}
+TORCH_VARIANTS = {
+  "torch_for_loop": {"foreach": False},
+  "torch_foreach": {"foreach": True},
+  "torch_fused": {"fused": True},
+}
 Shapes = dict[str, Any]  # a nested dict of shape tuples
 
 
@@ -54,30 +60,30 @@ class Optimizer:
 
 
 OPTIMIZERS = (
-    Optimizer("sgd", 12, lambda: gcj.sgd(LR), lambda: optax.sgd(LR), functools.partial(torch.optim.SGD, lr=LR)),
-    Optimizer(
-        "sgd_momentum",
-        20,
-        lambda: gcj.sgd(LR, momentum=0.9),
-        lambda: optax.sgd(LR, momentum=0.9),
-        functools.partial(torch.optim.SGD, lr=LR, momentum=0.9),
-    ),
-    Optimizer(
-        "rmsprop",
-        20,
-        lambda: gcj.rmsprop(LR),
-        lambda: optax.rmsprop(LR, decay=0.99, eps=1e-8, eps_in_sqrt=False),
-        functools.partial(torch.optim.RMSprop, lr=LR),
-        torch_fused=False,
-    ),
-    Optimizer("adam", 28, lambda: gcj.adam(LR), lambda: optax.adam(LR), functools.partial(torch.optim.Adam, lr=LR)),
-    Optimizer(
-        "adamw",
-        28,
-        lambda: gcj.adamw(LR, weight_decay=WEIGHT_DECAY),
-        lambda: optax.adamw(LR, weight_decay=WEIGHT_DECAY),
-        functools.partial(torch.optim.AdamW, lr=LR, weight_decay=WEIGHT_DECAY),
-    ),
+  Optimizer("sgd", 12, lambda: gcj.sgd(LR), lambda: optax.sgd(LR), functools.partial(torch.optim.SGD, lr=LR)),
+  Optimizer(
+    "sgd_momentum",
+    20,
+    lambda: gcj.sgd(LR, momentum=0.9),
+    lambda: optax.sgd(LR, momentum=0.9),
+    functools.partial(torch.optim.SGD, lr=LR, momentum=0.9),
+  ),
+  Optimizer(
+    "rmsprop",
+    20,
+    lambda: gcj.rmsprop(LR),
+    lambda: optax.rmsprop(LR, decay=0.99, eps=1e-8, eps_in_sqrt=False),
+    functools.partial(torch.optim.RMSprop, lr=LR),
+    torch_fused=False,
+  ),
+  Optimizer("adam", 28, lambda: gcj.adam(LR), lambda: optax.adam(LR), functools.partial(torch.optim.Adam, lr=LR)),
+  Optimizer(
+    "adamw",
+    28,
+    lambda: gcj.adamw(LR, weight_decay=WEIGHT_DECAY),
+    lambda: optax.adamw(LR, weight_decay=WEIGHT_DECAY),
+    functools.partial(torch.optim.AdamW, lr=LR, weight_decay=WEIGHT_DECAY),
+  ),
 )
 
 
@@ -105,10 +111,10 @@ def transformer_shapes(d_model: int, layers: int, vocab: int, context: int) -> S
     return {"scale": (d_model,), "bias": (d_model,)}
 
   block = {
-      "norm_1": norm(),
-      "attention": {"qkv": dense(d_model, 3 * d_model), "out": dense(d_model, d_model)},
-      "norm_2": norm(),
-      "mlp": {"up": dense(d_model, 4 * d_model), "down": dense(4 * d_model, d_model)},
+    "norm_1": norm(),
+    "attention": {"qkv": dense(d_model, 3 * d_model), "out": dense(d_model, d_model)},
+    "norm_2": norm(),
+    "mlp": {"up": dense(d_model, 4 * d_model), "down": dense(4 * d_model, d_model)},
   }
   tree: Shapes = {"embed": (vocab, d_model), "position": (context, d_model), "final_norm": norm()}
   tree.update({f"block_{i:02d}": block for i in range(layers)})
@@ -119,16 +125,16 @@ def trees(settings: common.Settings) -> list[Tree]:
   """(a) one large leaf, its 1M-element reference, (b) many small leaves, (c) a transformer."""
   if settings.quick:
     return [
-        Tree("one_leaf_90k", {"w": (300, 300)}),
-        Tree("one_leaf_20k", {"w": (20, 1000)}),
-        Tree("leaves_20x1k", _many(20, 1000), packed=True),
-        Tree("transformer_tiny", transformer_shapes(32, 2, 64, 16), packed=True),
+      Tree("one_leaf_90k", {"w": (300, 300)}),
+      Tree("one_leaf_20k", {"w": (20, 1000)}),
+      Tree("leaves_20x1k", _many(20, 1000), packed=True),
+      Tree("transformer_tiny", transformer_shapes(32, 2, 64, 16), packed=True),
     ]
   return [
-      Tree("one_leaf_25m", {"w": (5000, 5000)}),
-      Tree("one_leaf_1m", {"w": (1000, 1000)}),
-      Tree("leaves_1000x1k", _many(1000, 1000), packed=True),
-      Tree("transformer_10m", transformer_shapes(256, 12, 2048, 256), packed=True),
+    Tree("one_leaf_25m", {"w": (5000, 5000)}),
+    Tree("one_leaf_1m", {"w": (1000, 1000)}),
+    Tree("leaves_1000x1k", _many(1000, 1000), packed=True),
+    Tree("transformer_10m", transformer_shapes(256, 12, 2048, 256), packed=True),
   ]
 
 
@@ -187,7 +193,7 @@ def jax_case(tx: optax.GradientTransformation, params: Any, grads: Any) -> Case:
 
 def torch_case(optimizer: Optimizer, variant: str, params: Any, grads: list[torch.Tensor]) -> Case:
   tensors = [torch.nn.Parameter(torch.from_numpy(leaf.copy())) for leaf in jax.tree.leaves(params)]
-  for tensor, grad in zip(tensors, grads):
+  for tensor, grad in zip(tensors, grads, strict=True):
     tensor.grad = grad
   return Case(optimizer.torch(tensors, **TORCH_VARIANTS[variant]).step)
 
@@ -220,7 +226,8 @@ def run_tree(tree: Tree, settings: common.Settings) -> list[dict[str, Any]]:
     built = cases(tree, optimizer, params, grads)
     times = common.interleaved({name: case.run for name, case in built.items()}, settings)
     for name, case in built.items():
-      records.append({
+      records.append(
+        {
           "tree": tree.name,
           "optimizer": optimizer.name,
           "impl": name,
@@ -231,7 +238,8 @@ def run_tree(tree: Tree, settings: common.Settings) -> list[dict[str, Any]]:
           "trace_s": case.trace_s,
           "compile_s": case.compile_s,
           "build_s": case.build_s,
-      })
+        }
+      )
     del built
     gc.collect()
   return records
@@ -247,16 +255,21 @@ def packing_sweep(settings: common.Settings) -> list[dict[str, Any]]:
     params = random_tree(shapes, seed=0)
     grads = jax.tree.map(jnp.asarray, random_tree(shapes, seed=1))
     tx = gcj.adam(LR)
-    built = {"gcj": jax_case(tx, params, grads), "gcj_multi_tensor": jax_case(multi_tensor(tx, max_leaf_size=size), params, grads)}
+    built = {
+      "gcj": jax_case(tx, params, grads),
+      "gcj_multi_tensor": jax_case(multi_tensor(tx, max_leaf_size=size), params, grads),
+    }
     times = common.interleaved({name: case.run for name, case in built.items()}, settings)
-    records.append({
+    records.append(
+      {
         "leaf_size": size,
         "leaves": total // size,
         "gcj_ms": times["gcj"] * 1e3,
         "multi_tensor_ms": times["gcj_multi_tensor"] * 1e3,
         "gcj_compile_s": built["gcj"].build_s,
         "multi_tensor_compile_s": built["gcj_multi_tensor"].build_s,
-    })
+      }
+    )
   return records
 
 
@@ -269,10 +282,10 @@ def run(settings: common.Settings) -> dict[str, Any]:
   for record in records:
     record["pct_bandwidth"] = 100 * record["gbps"] / reference
   return {
-      "bandwidth": {"before": before, "after": after, "reference_gbps": reference},
-      "trees": [tree.name for tree in trees(settings)],
-      "steps": records,
-      "packing_sweep": packing_sweep(settings),
+    "bandwidth": {"before": before, "after": after, "reference_gbps": reference},
+    "trees": [tree.name for tree in trees(settings)],
+    "steps": records,
+    "packing_sweep": packing_sweep(settings),
   }
 
 
@@ -285,7 +298,8 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
   for (tree, optimizer), impls in by_key.items():
     ours, torch_best = impls["gcj"], _torch_reference(impls)
     packed = impls.get("gcj_multi_tensor")
-    rows.append({
+    rows.append(
+      {
         "tree": tree,
         "optimizer": optimizer,
         "ours_ms": ours["step_ms"],
@@ -299,7 +313,8 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
         "mt_ms": packed["step_ms"] if packed else None,
         "mt/ours": common.ratio(packed["step_ms"], ours["step_ms"]) if packed else None,
         "mt_compile_s": packed["build_s"] if packed else None,
-    })
+      }
+    )
   return rows
 
 
@@ -311,19 +326,19 @@ def _torch_reference(impls: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 SUMMARY_COLUMNS = (
-    "tree",
-    "optimizer",
-    "ours_ms",
-    "ours/optax",
-    "torch_ref",
-    "ours/torch",
-    "ours_%bw",
-    "torch_%bw",
-    "ours_compile_s",
-    "optax_compile_s",
-    "mt_ms",
-    "mt/ours",
-    "mt_compile_s",
+  "tree",
+  "optimizer",
+  "ours_ms",
+  "ours/optax",
+  "torch_ref",
+  "ours/torch",
+  "ours_%bw",
+  "torch_%bw",
+  "ours_compile_s",
+  "optax_compile_s",
+  "mt_ms",
+  "mt/ours",
+  "mt_compile_s",
 )
 
 
@@ -336,21 +351,20 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
   best_many_ms = min(small["ours_ms"], small["mt_ms"])
   best_compile = min(small["ours_compile_s"], small["mt_compile_s"])
   checks = [
-      (f"{one} Adam: ours/Optax <= 1.0", big["ours/optax"], big["ours/optax"] <= 1.0),
-      (f"{one} Adam: >= 80% of bandwidth", big["ours_%bw"], big["ours_%bw"] >= 80),
-      (f"{one} Adam: ours/torch fused <= 1.0", big["ours/torch"], big["ours/torch"] <= 1.0),
-      (f"{many} Adam: step / {ref} step <= 1.5", best_many_ms / reference_ms, best_many_ms <= 1.5 * reference_ms),
-      (f"{many} Adam: compile <= 1 s", best_compile, best_compile <= 1.0),
+    (f"{one} Adam: ours/Optax <= 1.0", big["ours/optax"], big["ours/optax"] <= 1.0),
+    (f"{one} Adam: >= 80% of bandwidth", big["ours_%bw"], big["ours_%bw"] >= 80),
+    (f"{one} Adam: ours/torch fused <= 1.0", big["ours/torch"], big["ours/torch"] <= 1.0),
+    (f"{many} Adam: step / {ref} step <= 1.5", best_many_ms / reference_ms, best_many_ms <= 1.5 * reference_ms),
+    (f"{many} Adam: compile <= 1 s", best_compile, best_compile <= 1.0),
   ]
   return [{"goal": goal, "seen": seen, "met": met} for goal, seen, met in checks]
 
 
 def report(result: dict[str, Any]) -> str:
   parts = [
-      f"Bandwidth reference: {result['bandwidth']['reference_gbps']:.1f} GB/s",
-      common.markdown_table(summary(result), SUMMARY_COLUMNS),
-      common.markdown_table(goals(result), ("goal", "seen", "met")),
-      common.markdown_table(result["packing_sweep"], tuple(result["packing_sweep"][0])),
+    f"Bandwidth reference: {result['bandwidth']['reference_gbps']:.1f} GB/s",
+    common.markdown_table(summary(result), SUMMARY_COLUMNS),
+    common.markdown_table(goals(result), ("goal", "seen", "met")),
+    common.markdown_table(result["packing_sweep"], tuple(result["packing_sweep"][0])),
   ]
   return "\n\n".join(parts)
-

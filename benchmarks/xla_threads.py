@@ -26,7 +26,9 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Callable, Optional
+from typing import Any
+from typing import Callable
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -102,14 +104,14 @@ def measure(variant: str, n: int, rounds: int) -> dict[str, Any]:
   fused = torch.optim.Adam([weights], lr=LR, fused=True)
   times = common.interleaved({"ours": ours, "torch_fused": fused.step}, common.Settings(False, rounds, 0.05))
   return {
-      "variant": variant,
-      "params": n,
-      "ours_ms": times["ours"] * 1e3,
-      "torch_fused_ms": times["torch_fused"] * 1e3,
-      "ours/torch": times["ours"] / times["torch_fused"],
-      "ours_gbps": 28 * n / times["ours"] / 1e9,
-      "torch_threads": torch.get_num_threads(),
-      "affinity": sorted(os.sched_getaffinity(0)),
+    "variant": variant,
+    "params": n,
+    "ours_ms": times["ours"] * 1e3,
+    "torch_fused_ms": times["torch_fused"] * 1e3,
+    "ours/torch": times["ours"] / times["torch_fused"],
+    "ours_gbps": 28 * n / times["ours"] / 1e9,
+    "torch_threads": torch.get_num_threads(),
+    "affinity": sorted(os.sched_getaffinity(0)),
   }
 
 
@@ -131,13 +133,13 @@ def _child_environment(variant: str) -> dict[str, str]:
 def run_variant(variant: str, n: int, rounds: int) -> dict[str, Any]:
   """`measure(variant)` in a fresh Python process (pinned to one core for `one_core`)."""
   code = (
-      "import json, os\n"
-      f"if {variant!r} == 'one_core': os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})\n"
-      "from benchmarks import xla_threads\n"
-      f"print(json.dumps(xla_threads.measure({variant!r}, {n}, {rounds})))\n"
+    "import json, os\n"
+    f"if {variant!r} == 'one_core': os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})\n"
+    "from benchmarks import xla_threads\n"
+    f"print(json.dumps(xla_threads.measure({variant!r}, {n}, {rounds})))\n"
   )
   done = subprocess.run(
-      [sys.executable, "-c", code], env=_child_environment(variant), capture_output=True, text=True, check=True
+    [sys.executable, "-c", code], env=_child_environment(variant), capture_output=True, text=True, check=True
   )
   return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -17,6 +17,7 @@ from gradcore_jax import averaging
 from gradcore_jax import callbacks
 from gradcore_jax import checkpoint
 from gradcore_jax import data
+from gradcore_jax import data_sources
 from gradcore_jax import losses
 from gradcore_jax import metrics
 from gradcore_jax import optimizers
@@ -26,6 +27,7 @@ from gradcore_jax import training
 from gradcore_jax import transforms
 from gradcore_jax.data import Batch
 from gradcore_jax.data import DataLoader
+from gradcore_jax.data_sources import IterableLoader
 from gradcore_jax.memory import StateMemory
 from gradcore_jax.memory import state_memory
 from gradcore_jax.multi_tensor import MultiTensorState
@@ -64,6 +66,7 @@ __all__ = [
   "Batch",
   "DataLoader",
   "FitResult",
+  "IterableLoader",
   "MultiTensorState",
   "NonFiniteLossError",
   "StateMemory",
@@ -80,6 +83,7 @@ __all__ = [
   "callbacks",
   "checkpoint",
   "data",
+  "data_sources",
   "decay_label",
   "evaluate",
   "fit",

@@ -7,6 +7,7 @@ would run every example once per worker).
 
 from __future__ import annotations
 
+import csv
 import os
 import pathlib
 import re
@@ -92,11 +93,11 @@ def test_each_example_writes_plots_to_a_folder_of_its_own(monkeypatch):
   import _shared  # pylint: disable=g-import-not-at-top
 
   defaults = {}
-  for script in ("linear_regression", "digits_optimizers", "port_pytorch_recipe"):
+  for script in ("linear_regression", "digits_optimizers", "port_pytorch_recipe", "cnn_batchnorm_dropout"):
     source = (EXAMPLES / f"{script}.py").read_text()
     assert f'plots="{script}"' in source
     defaults[script] = _shared.parser("", plots=script).parse_args([]).out
-  assert len(set(defaults.values())) == 3
+  assert len(set(defaults.values())) == 4
   assert all(str(out).startswith("gradcore-examples") for out in defaults.values())
 
 
@@ -121,3 +122,21 @@ def test_ported_pytorch_recipe_matches_live_torch_in_float64(tmp_path):
   assert len(differences) == 3 and max(differences) <= 1e-9, stdout
   assert "within the 1e-09 float64 budget" in stdout
   assert (tmp_path / "port_pytorch_recipe.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_cnn_example_logs_every_epoch_restores_the_best_and_scores_both_modes(tmp_path):
+  """BatchNorm + Dropout CNN: the CSVLogger file has one row per epoch, EarlyStopping's best epoch is the
+  lowest eval_loss, and `evaluate` of the returned model (restore_best) equals that epoch's eval figures."""
+  stdout = _stdout("cnn_batchnorm_dropout.py", "--quick", "--out", str(tmp_path))
+  with open(tmp_path / "training.csv", newline="") as file:
+    rows = list(csv.DictReader(file))
+  assert [row["epoch"] for row in rows] == ["0", "1", "2"]
+  assert {"loss", "accuracy", "f1_macro", "eval_loss", "eval_accuracy", "eval_f1_macro"} <= set(rows[0])
+  best = int(re.search(r"best epoch (\d+) \(test loss", stdout)[1])
+  assert best == int(np.argmin([float(row["eval_loss"]) for row in rows]))  # patience 6 > 3 epochs: no stop
+  assert "ran all epochs" in stdout and f"matches stats.eval_metrics[{best}]" in stdout
+  shown = re.search(r"eval mode, gcj.evaluate:  accuracy ([\d.]+) %", stdout)[1]
+  assert shown == f"{100 * float(rows[best]['eval_accuracy']):.2f}"
+  assert re.search(r"train mode, batches of 32 \(dropout on, batch statistics\): accuracy [\d.]+ %", stdout)
+  assert "TrainingStats: epochs_trained=3, total_steps=135" in stdout
+  assert (tmp_path / "curves.png").read_bytes()[:8] == PNG_MAGIC

@@ -122,25 +122,17 @@ class _Loop(NamedTuple):
 
 
 class _Search(NamedTuple):
-  """The carry of the line search: its bracketing phase, then its zoom phase.
+  """The carry of the line search.
 
-  Bracketing keeps the last two trials (`*_prev` and the current one); zooming keeps the
-  bracket's two ends (`ends_*`, one row each) and which end is the lower one.
+  Row 0 and row 1 of `t`, `f`, `g`, `gtd` are torch's `(t_prev, t)` while bracketing, and
+  the bracket's two ends once zooming (torch's bracket starts as those two points).
   """
 
   zooming: Array
-  t_prev: Array
-  f_prev: Array
-  g_prev: Array
-  gtd_prev: Array
   t: Array
-  f_new: Array
-  g_new: Array
-  gtd_new: Array
-  ends_t: Array
-  ends_f: Array
-  ends_g: Array
-  ends_gtd: Array
+  f: Array
+  g: Array
+  gtd: Array
   low: Array
   insuf_progress: Array
   done: Array
@@ -161,26 +153,22 @@ def _py_min(a: Array, b: Array) -> Array:
   return jnp.where(b < a, b, a)
 
 
-def _cubic_interpolate(
-  x1: Array, f1: Array, g1: Array, x2: Array, f2: Array, g2: Array, bounds: Optional[tuple[Array, Array]] = None
-) -> Array:
-  """The minimiser of the cubic through two points with values and slopes, clipped to `bounds`.
+def _cubic_minimiser(x1: Array, f1: Array, g1: Array, x2: Array, f2: Array, g2: Array) -> tuple[Array, Array]:
+  """The minimiser of the cubic through two points with values and slopes, and whether it is real.
 
-  torch's `_cubic_interpolate`, with its evaluation order: without `bounds` the interval
-  between the points; when the cubic has no real minimiser, the middle of the bounds.
+  torch's `_cubic_interpolate` before its clipping, with its evaluation order.
   """
-  if bounds is None:
-    ordered = x1 <= x2
-    lower, upper = jnp.where(ordered, x1, x2), jnp.where(ordered, x2, x1)
-  else:
-    lower, upper = bounds
   d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
   d2_square = d1 * d1 - g1 * g2
   real = d2_square >= 0
   d2 = jnp.sqrt(jnp.where(real, d2_square, 0))  # the root only where it is taken (no NaN to select away)
   from_left = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
   from_right = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
-  minimiser = jnp.where(x1 <= x2, from_left, from_right)
+  return jnp.where(x1 <= x2, from_left, from_right), real
+
+
+def _clip(minimiser: Array, real: Array, lower: Array, upper: Array) -> Array:
+  """torch's `_cubic_interpolate` result: the minimiser within the bounds, their middle when it is not real."""
   return jnp.where(real, _py_min(_py_max(minimiser, lower), upper), (lower + upper) / 2.0)
 
 
@@ -222,27 +210,25 @@ def _strong_wolfe(
     return jnp.abs(slope) <= -c2 * gtd
 
   def searching(c: _Search) -> Array:
-    too_short = jnp.abs(c.ends_t[1] - c.ends_t[0]) * d_norm < tolerance_change
+    too_short = jnp.abs(c.t[1] - c.t[0]) * d_norm < tolerance_change
     return ~c.zooming | (~c.done & (c.ls_iter < max_ls) & ~too_short)
-
-  def zoom_trial(c: _Search) -> tuple[Array, Array, Array]:
-    """The next zoom trial, and whether it lies near an end and at (or past) one."""
-    step = _cubic_interpolate(c.ends_t[0], c.ends_f[0], c.ends_gtd[0], c.ends_t[1], c.ends_f[1], c.ends_gtd[1])
-    # Safeguard: a trial within 10 % of an end is moved to 10 % inside the bracket if it is
-    # at (or past) an end, or if the previous trial was already that close.
-    upper, lower = _py_max(c.ends_t[0], c.ends_t[1]), _py_min(c.ends_t[0], c.ends_t[1])
-    eps = 0.1 * (upper - lower)
-    near_end = _py_min(upper - step, step - lower) < eps
-    at_end = c.insuf_progress | (step >= upper) | (step <= lower)
-    moved = jnp.where(jnp.abs(step - upper) < jnp.abs(step - lower), upper - eps, lower + eps)
-    return jnp.where(near_end & at_end, moved, step), near_end, at_end
 
   def trial_step(c: _Search) -> _Search:
     first = c.evals == 0
-    bounds = (c.t + 0.01 * (c.t - c.t_prev), c.t * 10)
-    extrapolated = _cubic_interpolate(c.t_prev, c.f_prev, c.gtd_prev, c.t, c.f_new, c.gtd_new, bounds=bounds)
-    zoomed, near_end, at_end = zoom_trial(c)
-    step = jnp.where(c.zooming, zoomed, jnp.where(first, c.t, extrapolated))
+    # The cubic through the two rows: extrapolated (bracketing) or interpolated (zoom).
+    minimiser, real = _cubic_minimiser(c.t[0], c.f[0], c.gtd[0], c.t[1], c.f[1], c.gtd[1])
+    extrapolated = _clip(minimiser, real, c.t[1] + 0.01 * (c.t[1] - c.t[0]), c.t[1] * 10)
+    upper, lower = _py_max(c.t[0], c.t[1]), _py_min(c.t[0], c.t[1])
+    interpolated = _clip(minimiser, real, lower, upper)
+    # Zoom safeguard: a trial within 10 % of an end is moved to 10 % inside the bracket if it
+    # is at (or past) an end, or if the previous trial was already that close.
+    eps = 0.1 * (upper - lower)
+    near_end = _py_min(upper - interpolated, interpolated - lower) < eps
+    at_end = c.insuf_progress | (interpolated >= upper) | (interpolated <= lower)
+    moved = jnp.where(jnp.abs(interpolated - upper) < jnp.abs(interpolated - lower), upper - eps, lower + eps)
+    zoomed = jnp.where(near_end & at_end, moved, interpolated)
+    step = jnp.where(c.zooming, zoomed, jnp.where(first, c.t[1], extrapolated))
+
     value, grad = objective(x + step * d)
     slope = jnp.dot(grad, d)
     ls_iter = jnp.where(first, c.ls_iter, c.ls_iter + 1)
@@ -250,81 +236,53 @@ def _strong_wolfe(
     # Zoom: a trial that fails sufficient decrease, or is no lower than the low end, replaces
     # the high end. Otherwise it replaces the low end, and if the slope points past the high
     # end, the old low end first becomes the high end.
-    high = 1 - c.low
-    raise_high = armijo_fails(step, value) | (value >= c.ends_f[c.low])
+    low, high = c.low, 1 - c.low
+    raise_high = armijo_fails(step, value) | (value >= c.f[low])
     curvature = curvature_holds(slope)
-    swap = ~raise_high & ~curvature & (slope * (c.ends_t[high] - c.ends_t[c.low]) >= 0)
-
-    def place(ends: Array, new: Array) -> Array:
-      at_low, at_high = ends[c.low], ends[high]
-      new_low = jnp.where(raise_high, at_low, new)
-      new_high = jnp.where(raise_high, new, jnp.where(swap, at_low, at_high))
-      return ends.at[c.low].set(new_low).at[high].set(new_high)
-
-    ends_f = place(c.ends_f, value)
-    relabelled = jnp.where(ends_f[0] <= ends_f[1], 0, 1).astype(jnp.int32)
-    zoomed_state = c._replace(
-      ends_t=place(c.ends_t, step),
-      ends_f=ends_f,
-      ends_g=place(c.ends_g, grad),
-      ends_gtd=place(c.ends_gtd, slope),
-      low=jnp.where(raise_high, relabelled, c.low),
-      insuf_progress=near_end & ~at_end,
-      done=c.done | (~raise_high & curvature),
-    )
-
-    # Bracketing: the trial becomes the current point (the first trial has no predecessor).
-    keep_prev = first
-    bracketing = c._replace(
-      t_prev=jnp.where(keep_prev, c.t_prev, c.t),
-      f_prev=jnp.where(keep_prev, c.f_prev, c.f_new),
-      g_prev=jnp.where(keep_prev, c.g_prev, c.g_new),
-      gtd_prev=jnp.where(keep_prev, c.gtd_prev, c.gtd_new),
-      t=step,
-      f_new=value,
-      g_new=grad,
-      gtd_new=slope,
-    )
-    # torch's checks at the top of its bracketing loop, in order: out of evaluations, then
-    # the value too high (the interval is [t_prev, t]), the curvature condition (done), the
-    # slope non-negative (the interval is [t_prev, t]).
-    b = bracketing
+    swap = ~raise_high & ~curvature & (slope * (c.t[high] - c.t[low]) >= 0)
+    # Bracketing: the trial becomes the current point, the current one the previous (the first
+    # trial keeps row 0, torch's `t_prev = 0` with the starting value and slope). Then torch's
+    # checks, in order: out of evaluations (the bracket becomes [0, t]), the value too high
+    # ([t_prev, t]), the curvature condition (done, the one-point bracket [t, t]), the slope
+    # non-negative ([t_prev, t]).
+    prev = jnp.where(first, 0, 1)
+    prev_t, prev_f = c.t[prev], c.f[prev]
     exhausted = ls_iter >= max_ls
-    too_high = armijo_fails(b.t, b.f_new) | ((ls_iter > 1) & (b.f_new >= b.f_prev))
-    converged = ~exhausted & ~too_high & curvature_holds(b.gtd_new)
-    leave = exhausted | too_high | converged | (b.gtd_new >= 0)
-    # A converged search is a one-point bracket in torch; both ends hold that point here.
-    left_t = jnp.where(exhausted, zero, jnp.where(converged, b.t, b.t_prev))
-    left_f = jnp.where(exhausted, f, jnp.where(converged, b.f_new, b.f_prev))
-    left_g = jnp.where(exhausted, g, jnp.where(converged, b.g_new, b.g_prev))
-    left_gtd = jnp.where(exhausted, gtd, jnp.where(converged, b.gtd_new, b.gtd_prev))
-    bracket = b._replace(
-      zooming=jnp.asarray(True),
-      ends_t=jnp.stack([left_t, b.t]),
-      ends_f=jnp.stack([left_f, b.f_new]),
-      ends_g=jnp.stack([left_g, b.g_new]),
-      ends_gtd=jnp.stack([left_gtd, b.gtd_new]),
-      low=jnp.where(left_f <= b.f_new, 0, 1).astype(jnp.int32),
-      done=converged,
+    too_high = armijo_fails(step, value) | ((ls_iter > 1) & (value >= prev_f))
+    converged = ~exhausted & ~too_high & curvature
+    leave = exhausted | too_high | converged | (slope >= 0)
+
+    def rows(ends: Array, new: Array, start: Array) -> Array:
+      """The two rows after the trial: zoom's replacement, or bracketing's shift and exit."""
+      zoom_low = jnp.where(raise_high, ends[low], new)
+      zoom_high = jnp.where(raise_high, new, jnp.where(swap, ends[low], ends[high]))
+      zoom_rows = ends.at[low].set(zoom_low).at[high].set(zoom_high)
+      bracket_first = jnp.where(exhausted, start, jnp.where(converged, new, ends[prev]))
+      bracket_rows = jnp.stack([bracket_first, new])
+      return jnp.where(c.zooming, zoom_rows, bracket_rows)
+
+    t_rows = rows(c.t, step, zero)
+    f_rows = rows(c.f, value, f)
+    ordered = jnp.where(f_rows[0] <= f_rows[1], 0, 1).astype(jnp.int32)
+    return _Search(
+      zooming=c.zooming | leave,
+      t=t_rows,
+      f=f_rows,
+      g=rows(c.g, grad, g),
+      gtd=rows(c.gtd, slope, gtd),
+      low=jnp.where(c.zooming & ~raise_high, c.low, ordered),
+      insuf_progress=c.zooming & near_end & ~at_end,
+      done=jnp.where(c.zooming, c.done | (~raise_high & curvature), converged),
+      ls_iter=ls_iter,
+      evals=c.evals + 1,
     )
-    after_bracketing = jax.tree.map(lambda new, old: jnp.where(leave, new, old), bracket, bracketing)
-    result = jax.tree.map(lambda z, b: jnp.where(c.zooming, z, b), zoomed_state, after_bracketing)
-    return result._replace(ls_iter=ls_iter, evals=c.evals + 1)
 
   start = _Search(
     zooming=no,
-    t_prev=zero,
-    f_prev=f,
-    g_prev=g,
-    gtd_prev=gtd,
-    t=t,
-    f_new=f,
-    g_new=g,
-    gtd_new=gtd,
-    ends_t=jnp.stack([zero, t]),
-    ends_f=jnp.stack([f, f]),
-    ends_g=jnp.stack([g, g]),
-    ends_gtd=jnp.stack([gtd, gtd]),
+    t=jnp.stack([zero, t]),
+    f=jnp.stack([f, f]),
+    g=jnp.stack([g, g]),
+    gtd=jnp.stack([gtd, gtd]),
     low=jnp.zeros((), jnp.int32),
     insuf_progress=no,
     done=no,
@@ -332,7 +290,7 @@ def _strong_wolfe(
     evals=jnp.zeros((), jnp.int32),
   )
   s = jax.lax.while_loop(searching, trial_step, start)
-  return s.ends_f[s.low], s.ends_g[s.low], s.ends_t[s.low], s.evals
+  return s.f[s.low], s.g[s.low], s.t[s.low], s.evals
 
 
 def _direction(c: _Loop, first: Array, m: int) -> tuple[Array, Array, Array, Array, Array, Array, Array, Array]:

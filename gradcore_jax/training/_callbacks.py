@@ -77,7 +77,7 @@ class Run:
     stats: the run's `TrainingStats` so far (the live object: read it, do not change it).
     start_epoch: `fit`'s `start_epoch`; `stats` epoch `i` is epoch `start_epoch + i`.
     end_epoch: `start_epoch + epochs`, the epoch `fit` stops before.
-    steps_per_epoch: `len(train_loader)`.
+    steps_per_epoch: `len(train_loader)`; None for a streamed loader of unknown length.
     resumed: True when `fit` resumed from a checkpoint (`stats` then hold the epochs
       trained before it).
     stop_training: set it to True (or return True from a hook) to stop after this epoch.
@@ -89,7 +89,7 @@ class Run:
     stats: TrainingStats,
     start_epoch: int,
     end_epoch: int,
-    steps_per_epoch: int,
+    steps_per_epoch: Optional[int],
     resumed: bool,
     epoch: int,
     state: Callable[[], Snapshot],
@@ -101,7 +101,7 @@ class Run:
       stats: the run's `TrainingStats`.
       start_epoch: `fit`'s `start_epoch`.
       end_epoch: `start_epoch + epochs`.
-      steps_per_epoch: `len(train_loader)`.
+      steps_per_epoch: `len(train_loader)`, or None when unknown.
       resumed: whether `stats` come from a checkpoint.
       epoch: the first epoch this call trains.
       state: gives the `Snapshot` of the last sync point.
@@ -140,7 +140,7 @@ class Run:
     return self._end_epoch
 
   @property
-  def steps_per_epoch(self) -> int:
+  def steps_per_epoch(self) -> Optional[int]:
     return self._steps_per_epoch
 
   @property
@@ -189,8 +189,9 @@ class Run:
     logs: Logs = {"loss": stats.epoch_losses[index], **stats.train_metrics[index]}
     if index < len(stats.eval_metrics):  # a run without an eval_loader records no evaluations
       logs.update({f"eval_{name}": value for name, value in stats.eval_metrics[index].items()})
-    if len(stats.learning_rates) == stats.total_steps:  # one per step (else: a checkpoint from before rates)
-      logs["learning_rate"] = stats.learning_rates[(index + 1) * self._steps_per_epoch - 1]
+    per_epoch = self._steps_per_epoch  # None for a stream of unknown length: its epochs' ends are not known here
+    if per_epoch is not None and len(stats.learning_rates) == stats.total_steps:  # one per step
+      logs["learning_rate"] = stats.learning_rates[(index + 1) * per_epoch - 1]
     return logs
 
   def restore(self, snapshot: Snapshot) -> None:
@@ -459,7 +460,8 @@ class EarlyStopping(Callback):
       epoch = run.start_epoch + index
       stop = self._update(epoch, self._value(run.epoch_logs(index), epoch), None)
     if self.restore_best and self.best_epoch is not None and self.best_state is None:
-      at_epoch_end = run.step == run.stats.epochs_trained * run.steps_per_epoch
+      per_epoch = run.steps_per_epoch
+      at_epoch_end = per_epoch is not None and run.step == run.stats.epochs_trained * per_epoch
       if at_epoch_end and self.best_epoch == run.start_epoch + run.stats.epochs_trained - 1:
         self.best_state = run.snapshot()  # the checkpoint was written at the best epoch's end
     return stop

@@ -42,6 +42,8 @@ from gradcore_jax.checkpoint import Checkpointer
 from gradcore_jax.checkpoint import UnreadableCheckpointWarning
 from gradcore_jax.data import DataLoader
 from gradcore_jax.data import _check_int
+from gradcore_jax.data_sources import IterableLoader
+from gradcore_jax.data_sources import as_loader
 from gradcore_jax.training import _progress
 from gradcore_jax.training._callbacks import Callback
 from gradcore_jax.training._callbacks import CallbackList
@@ -59,6 +61,7 @@ from gradcore_jax.training._plateau import learning_rate_reader
 from gradcore_jax.training._stats import TrainingStats
 from gradcore_jax.training._steps import BAD_UPDATE
 from gradcore_jax.training._steps import FINITE
+from gradcore_jax.training._steps import Accumulator
 from gradcore_jax.training._steps import Carry
 from gradcore_jax.training._steps import LossFn
 from gradcore_jax.training._steps import StepOptions
@@ -144,12 +147,12 @@ def fit(
   optimizer: Any = None,
   *,
   loss: LossFn,
-  train_loader: DataLoader,
+  train_loader: Any,
   epochs: int,
   start_epoch: int = 0,
   params: PyTree = None,
   opt_state: PyTree = None,
-  eval_loader: Optional[DataLoader] = None,
+  eval_loader: Any = None,
   metrics: Optional[Mapping[str, metrics_lib.Metric]] = None,
   log_interval: int = 50,
   progress: bool = True,
@@ -171,6 +174,7 @@ def fit(
   rng_streams: Optional[Sequence[str]] = None,
   mutable: Optional[Sequence[str]] = None,
   max_consecutive_skips: Optional[int] = 10,
+  accumulate: int = 1,
 ) -> FitResult:
   """Trains `model` for `epochs` epochs over `train_loader`; returns `FitResult(model, stats, opt_state)`.
 
@@ -186,6 +190,13 @@ def fit(
       called with `reduction="none"` for one value per example. The batch loss that is
       differentiated is the mean over the batch's real (unmasked) rows.
     train_loader: a `DataLoader` over `(inputs, targets)`; epoch `e` uses `train_loader.epoch(e)`.
+      Or any source of `(inputs, targets)` batches, wrapped in `data_sources.IterableLoader`:
+      an iterable (a grain `DataLoader`/`IterDataset`/`MapDataset`, a torch `DataLoader`, a
+      list), iterated once per epoch, or a function returning a new iterator per epoch (a
+      one-shot iterator serves one epoch). Batches may vary in size (padded to the first
+      one's and masked); the epoch ends with the source; resuming mid-epoch is exact when
+      its iterator has `get_state`/`set_state` (grain), else the epoch restarts with a
+      warning. `accumulate > 1` needs a `DataLoader`.
     epochs: number of epochs to run (>= 0).
     start_epoch: index of the first of them, which picks its order in `train_loader`:
       to continue a run, pass the epochs already trained, so no epoch's shuffle repeats.
@@ -195,7 +206,8 @@ def fit(
     opt_state: optionally an optimizer state to continue from (fresh
       `optimizer.init(params)` otherwise; a given one must have the structure, shapes and
       dtypes that makes, else ValueError naming opt_state).
-    eval_loader: evaluated after every epoch with fixed params (`stats.eval_metrics`).
+    eval_loader: evaluated after every epoch with fixed params (`stats.eval_metrics`); a
+      `DataLoader` or any source `train_loader` takes (one pass per evaluation).
     metrics: `{name: gradcore_jax.metrics.Metric}` updated with `(y_true, y_pred)`, over
       the training epoch (`stats.train_metrics`) and the evaluation (`stats.eval_metrics`).
     log_interval: steps between syncs with the device (NaN/Inf check, progress bar).
@@ -290,6 +302,34 @@ def fit(
     max_consecutive_skips: with `on_nonfinite="skip"`, the most consecutive skipped
       steps allowed; one more raises `TooManySkippedStepsError` (a `NonFiniteLossError`)
       listing them, at the sync that sees it. None: no limit.
+    accumulate: gradient accumulation, `k` batches (micro-batches) per optimizer update
+      (default 1: an update per batch, the plain step, bit for bit). The update is the one
+      a single step on the `k` batches concatenated would make: the gradients of the
+      per-example losses are summed over the micro-batches' real rows and divided once
+      by their number of real rows (a short last batch counts by its real rows, not as a
+      whole batch). Updates are made after every `k`-th batch of an epoch and after the
+      epoch's last batch: an epoch of `n` batches, `n` not a multiple of `k`, ends with a
+      smaller update of its `n % k` leftover batches (the practice of torch training
+      loops), so every epoch ends on an update: its evaluation, `lr_plateau` step and
+      end-of-epoch checkpoint see every batch of the epoch applied, and no gradient is
+      carried from one epoch, shuffle or `fit` call into the next. Each micro-batch runs
+      the model in train mode and updates the model state (BatchNorm statistics, RNG
+      step) and the metrics, as each `loss.backward()` would in torch. Clipping
+      (`clip_global_norm`) applies to the accumulated gradient, once per update, as torch
+      clips before `optimizer.step()`. A step in `TrainingStats` stays a batch:
+      `batch_losses`, `running_losses` and `learning_rates` have one entry per batch
+      (`learning_rates[s]`: the rate of the update batch `s` contributes to), and
+      `total_steps` counts batches; the optimizer makes one update per cycle of `k`
+      batches. With `on_nonfinite="skip"`, a non-finite micro-batch is skipped as a batch
+      is (its loss, rows, metrics and model state not counted) and its cycle makes no
+      update (its gradient would poison the sum, as torch's `GradScaler` then skips
+      `optimizer.step()`); the other micro-batches' model-state and metric updates
+      stay. The summed gradients are part of the carry, so a checkpoint written in the
+      middle of a cycle (`checkpoint_every`) holds them and a resumed run continues the
+      cycle exactly; resuming needs the same `accumulate` (ValueError otherwise). Unlike
+      `optax.MultiSteps`, which averages the per-batch mean gradients (a short batch then
+      weighs as much as a full one) and keeps its partial sums in the optimizer state,
+      this weighs every real row equally and flushes the leftover at the epoch's end.
 
   The learning rate each step used is recorded in `stats.learning_rates` when the
   optimizer state holds one injected `learning_rate` (`optax.inject_hyperparams`; see
@@ -337,21 +377,29 @@ def fit(
   model_options = _model_options(seed, mode_flags, rng_streams, mutable)
   if max_consecutive_skips is not None:
     max_consecutive_skips = _check_int("max_consecutive_skips", max_consecutive_skips, minimum=0)
+  accumulate = _check_int("accumulate", accumulate, minimum=1)
   if checkpoint_dir is None and (checkpoint_every is not None or resume):
     raise ValueError("checkpoint_every and resume need checkpoint_dir.")
   placement = Placement.build(mesh, data_axis, param_sharding)
-  _check_loader("train_loader", train_loader, placement)
+  train_loader = _check_loader("train_loader", train_loader, placement)
   if eval_loader is not None:
-    _check_loader("eval_loader", eval_loader, placement)
+    eval_loader = _check_loader("eval_loader", eval_loader, placement)
+  if accumulate > 1 and not isinstance(train_loader, DataLoader):  # a cycle's end needs the epoch's length
+    raise ValueError("accumulate > 1 needs train_loader to be a gradcore_jax.data.DataLoader (a known epoch length).")
   hooks = CallbackList(callbacks)
   adapted = adapt(model, optimizer, params=params, opt_state=opt_state, options=model_options)
   if adapted.tx is None:
     raise ValueError("optimizer is required to train: pass an Optax transformation (or an nnx.Optimizer).")
-  options = dataclasses.replace(options, learning_rate=learning_rate_reader(adapted.opt_state))
+  options = dataclasses.replace(
+    options,
+    learning_rate=learning_rate_reader(adapted.opt_state),
+    accumulate=accumulate,
+    batches_per_epoch=len(train_loader) if accumulate > 1 else None,
+  )
   plateau = PlateauDriver.build(lr_plateau, plateau_monitor, eval_loader is not None, list(metrics or {}))
   with placement.context():
     steps = build_steps(adapted, loss, _check_metrics(metrics), options)
-    carry = _place(placement, adapted, steps)
+    carry = _place(placement, adapted, steps, accumulate=accumulate)
     _check_runs("train_loader", train_loader, steps.train, carry)
     if eval_loader is not None:
       _check_runs("eval_loader", eval_loader, steps.evaluate, steps.new_tally(), carry.params, carry.model_state)
@@ -370,6 +418,7 @@ def fit(
       hooks=hooks,
       max_consecutive_skips=max_consecutive_skips if options.on_nonfinite == "skip" else None,
       seed=seed,
+      accumulate=accumulate,
     )
     with loop:
       carry, position = loop.restore(carry, end_epoch=start_epoch + epochs)
@@ -384,7 +433,7 @@ def fit(
           if hooks.stop_training:  # asked for by a callback: after the epoch that asked, or before any
             break
           with _progress.epoch_bar(
-            epoch, start_epoch + epochs, len(train_loader), progress, done=position.batch
+            epoch, start_epoch + epochs, _length(train_loader), progress, done=position.batch
           ) as bar:
             carry, position = loop.epoch(carry, position, bar)
         loop.save(carry, position, final=True)
@@ -397,14 +446,14 @@ def fit(
     state, done = restored, restored.step
   else:
     state, done = Snapshot(carry.params, carry.opt_state, carry.model_state, stats.total_steps), stats.total_steps
-  updates = done - sum(1 for step in stats.skipped_steps if step < done)
+  updates = loop.updates(done)
   trained = adapted.rebuild(state.params, state.opt_state, state.model_state, updates)
   return FitResult(trained, stats, state.opt_state)
 
 
 def evaluate(
   model: Any,
-  loader: DataLoader,
+  loader: Any,
   *,
   loss: LossFn,
   metrics: Optional[Mapping[str, metrics_lib.Metric]] = None,
@@ -426,7 +475,8 @@ def evaluate(
   Args:
     model: the model, as for `fit` (e.g. `fit`'s returned params with the apply function,
       its `TrainState`, or the NNX module).
-    loader: a `DataLoader` over `(inputs, targets)`, evaluated once in its order.
+    loader: a `DataLoader` over `(inputs, targets)`, evaluated once in its order, or any
+      source `fit`'s `train_loader` takes (one pass of it).
     loss: as for `fit`: `loss(y_pred, y_true, reduction="none")`.
     metrics: `{name: gradcore_jax.metrics.Metric}`, or None.
     params: the params (or linen variables) of an apply function or linen module.
@@ -436,7 +486,7 @@ def evaluate(
     mode_flags: the train/eval switches, as for `fit` (evaluation passes their negation).
   """
   placement = Placement.build(mesh, data_axis, param_sharding)
-  _check_loader("loader", loader, placement)
+  loader = _check_loader("loader", loader, placement)
   adapted = adapt(model, params=params, options=_model_options(None, mode_flags, None, None), train=False)
   with placement.context():
     steps = build_steps(adapted, loss, _check_metrics(metrics))
@@ -466,8 +516,8 @@ class _Loop:
 
   steps: Steps
   placement: Placement
-  loader: DataLoader
-  eval_loader: Optional[DataLoader]
+  loader: Any  # a DataLoader or an IterableLoader
+  eval_loader: Any
   raise_on_nonfinite: bool
   compiled_epoch: bool
   log_interval: int
@@ -478,6 +528,8 @@ class _Loop:
   hooks: CallbackList = dataclasses.field(default_factory=CallbackList)
   max_consecutive_skips: Optional[int] = None  # with on_nonfinite="skip"
   seed: Optional[int] = None  # recorded in checkpoints: a resume must use the same
+  resume_state: Any = None  # a streamed loader's saved iterator state, for the epoch being resumed
+  accumulate: int = 1  # batches per optimizer update; recorded in checkpoints like the seed
   stats: TrainingStats = dataclasses.field(default_factory=TrainingStats)
   good: Optional[Carry] = None  # a copy of the last checked carry (the train steps donate the live one)
   marks: dict[str, Any] = dataclasses.field(default_factory=dict)  # `stats` then: list lengths and counters
@@ -495,11 +547,11 @@ class _Loop:
     started, begin = time.perf_counter(), position.batch
     if begin == 0:
       carry = carry._replace(metrics=self.placement.replicated(self.steps.new_metrics()))
-    for stretch, sizes in self._stretches(position):
+    for stretch, sizes, last in self._stretches(position):
       carry, outputs = self._train(carry, stretch)
       self._record(outputs, sizes, position, bar)
       self.checked(carry)
-      if position.batch < len(self.loader) and self._due():
+      if not last and self._due():
         self.save(carry, position)
       self.hooks.sync(position.epoch)
     seconds = time.perf_counter() - started
@@ -534,29 +586,42 @@ class _Loop:
       return Snapshot(good.params, good.opt_state, good.model_state, self.marks["total_steps"])
 
     def model(snapshot: Snapshot) -> Any:
-      skipped = sum(1 for step in self.stats.skipped_steps if step < snapshot.step)
-      return rebuild(snapshot.params, snapshot.opt_state, snapshot.model_state, snapshot.step - skipped)
+      return rebuild(snapshot.params, snapshot.opt_state, snapshot.model_state, self.updates(snapshot.step))
 
     return Run(
       stats=self.stats,
       start_epoch=self.start_epoch,
       end_epoch=end_epoch,
-      steps_per_epoch=len(self.loader),
+      steps_per_epoch=_length(self.loader),
       resumed=self.stats.total_steps > 0,
       epoch=position.epoch,
       state=state,
       rebuild=model,
     )
 
-  def _stretches(self, position: _Position) -> Iterator[tuple[Any, list[int]]]:
+  def _stretches(self, position: _Position) -> Iterator[tuple[Any, list[int], bool]]:
     """The stretches of the epoch between two sync points, from `position.batch` on.
 
-    Yields `(stretch, sizes)`: the stretch's batches, stacked `(data, mask)` host arrays
-    with `compiled_epoch` or else a list of `Batch`es, and their numbers of real rows.
+    Yields `(stretch, sizes, last)`: the stretch's batches, stacked `(data, mask)` host
+    arrays with `compiled_epoch` or else a list of `Batch`es, their numbers of real rows,
+    and whether the stretch ends the epoch. A streamed loader's epoch ends when its source
+    does: one batch is read ahead to know it.
     """
-    begin, count = position.batch, len(self.loader)
+    begin = position.batch
     first = self.stats.total_steps - begin  # the run's step index of the epoch's batch 0
     every, interval = self.checkpoint_every, None if self.compiled_epoch else self.log_interval
+    if isinstance(self.loader, IterableLoader):
+      state, self.resume_state = self.resume_state, None
+      batches = self.loader.epoch(position.epoch, start=begin, state=state)
+      stretch: list[Any] = []
+      for b, (batch, last) in enumerate(_with_last(batches), start=begin + 1):
+        stretch.append(batch)
+        if last or (interval and b % interval == 0) or (every and (first + b) % every == 0):
+          sizes = [batch.size for batch in stretch]
+          yield (_stack_host(stretch) if self.compiled_epoch else stretch), sizes, last
+          stretch = []
+      return
+    count = len(self.loader)
     ends = [
       b
       for b in range(begin + 1, count + 1)
@@ -567,12 +632,12 @@ class _Loop:
       sizes = stacked.mask.sum(axis=1).tolist()
       for start, end in itertools.pairwise([begin] + ends):
         part = slice(start - begin, end - begin)
-        yield jax.tree.map(lambda a, part=part: a[part], (stacked.data, stacked.mask)), sizes[part]
+        yield jax.tree.map(lambda a, part=part: a[part], (stacked.data, stacked.mask)), sizes[part], end == count
     else:
       batches = self.loader.epoch(position.epoch, start=begin)
       for start, end in itertools.pairwise([begin] + ends):
         stretch = [next(batches) for _ in range(end - start)]
-        yield stretch, [batch.size for batch in stretch]
+        yield stretch, [batch.size for batch in stretch], end == count
 
   def _train(self, carry: Carry, stretch: Any) -> tuple[Carry, PyTree]:
     """Trains on one stretch; returns the carry and the steps' outputs, stacked on the device."""
@@ -620,6 +685,24 @@ class _Loop:
       position.batch += 1
     _progress.show(bar, len(fetched), {"loss": stats.running_losses[-1]})
 
+  def updates(self, steps: int) -> int:
+    """The optimizer updates made by the run's first `steps` batches (skipped ones make none).
+
+    With `accumulate = k > 1`, a batch ends a cycle when it is the `k`-th of one or the
+    epoch's last (every epoch has `len(loader)` batches and the run starts at a batch 0),
+    and the cycle makes an update when none of its batches was skipped.
+    """
+    skipped = set(self.stats.skipped_steps)
+    if self.accumulate == 1:
+      return steps - sum(1 for step in skipped if step < steps)
+    per_epoch, made, clean = len(self.loader), 0, True
+    for step in range(steps):
+      batch = step % per_epoch
+      clean = (batch % self.accumulate == 0 or clean) and step not in skipped  # a cycle starts clean
+      if (batch + 1) % self.accumulate == 0 or batch + 1 == per_epoch:
+        made += clean
+    return made
+
   def _due(self) -> bool:
     every = self.checkpoint_every
     return self.checkpoints is not None and every is not None and self.stats.total_steps % every == 0
@@ -634,8 +717,27 @@ class _Loop:
       "train_loader": repr(self.loader),
       "stats": self.stats.to_dict(),
       "seed": self.seed,
+      "accumulate": self.accumulate,
     }
+    if isinstance(self.loader, IterableLoader) and position.batch:
+      record["loader_state"] = self.loader.state_at(position.batch)  # None: the source cannot say
     self.checkpoints.save(self.stats.total_steps, carry, record)
+
+  def _streamed_position(self, position: _Position, state: Any, where: str) -> _Position:
+    """Where a streamed loader resumes: at the checkpoint's batch when its source saved its state, else the
+    epoch's beginning (with a warning): the steps already taken stay applied and recorded."""
+    if state is not None and self.loader.resumable:
+      self.resume_state = state
+      return position
+    warnings.warn(
+      f"{where} is at batch {position.batch} of epoch {position.epoch}, but train_loader ({self.loader!r}) cannot "
+      f"restore its position (its iterator has no get_state/set_state): epoch {position.epoch} restarts from its "
+      f"beginning. Its {position.batch} steps already taken stay applied and in batch_losses; the epoch's loss and "
+      "metrics cover the restarted pass only.",
+      RuntimeWarning,
+      stacklevel=4,
+    )
+    return _Position(epoch=position.epoch)
 
   def checked(self, carry: Carry, *, copy: bool = True) -> None:
     """Remembers `carry` (a copy, unless `copy=False` says `good` holds it already) and `stats` as checked."""
@@ -654,7 +756,7 @@ class _Loop:
       }
       stats = TrainingStats(**fields)
       good = self.good
-      model = rebuild(good.params, good.opt_state, good.model_state, stats.total_steps - stats.num_skipped_steps)
+      model = rebuild(good.params, good.opt_state, good.model_state, self.updates(stats.total_steps))
       # An attribute of any exception type, as documented in `fit` (hence not declared on BaseException):
       err.partial_result = FitResult(model, stats, good.opt_state)  # pyright: ignore[reportAttributeAccessIssue]
       err.add_note(f"fit: the last checked state (after {stats.total_steps} steps) is in this error's .partial_result.")
@@ -680,9 +782,16 @@ class _Loop:
         f"{where} belongs to a run of start_epoch={record['start_epoch']} and is at epoch {position.epoch}; "
         f"this call has start_epoch={self.start_epoch} and ends at epoch {end_epoch}."
       )
+    if record.get("accumulate", 1) != self.accumulate:  # its carry may hold a partly summed cycle
+      raise ValueError(
+        f"{where} belongs to a run with accumulate={record.get('accumulate', 1)}; this call has "
+        f"accumulate={self.accumulate}."
+      )
     if record.get("seed") != self.seed:  # the RNG keys of the steps to come derive from it
       raise ValueError(f"{where} belongs to a run with seed={record.get('seed')}; this call has seed={self.seed}.")
     self.stats = TrainingStats.from_dict(record["stats"])
+    if isinstance(self.loader, IterableLoader) and position.batch:
+      position = self._streamed_position(position, record.get("loader_state"), f"{where}")
     if unreadable:
       moved = "".join(
         f"\n  {path}: {reason}\n    (renamed to {checkpoints.set_aside(int(os.path.basename(path)))})"
@@ -712,17 +821,29 @@ def _streak(skipped: list[int], step: int) -> list[int]:
 _stack = jax.jit(lambda outputs: jax.tree.map(lambda *steps: jnp.stack(steps), *outputs))
 
 
-def _place(placement: Placement, adapted: Adapted, steps: Steps) -> Carry:
-  """The initial carry: fresh buffers (to be donated) laid out by `placement`."""
+def _place(placement: Placement, adapted: Adapted, steps: Steps, *, accumulate: int = 1) -> Carry:
+  """The initial carry: fresh buffers (to be donated) laid out by `placement`.
+
+  With `accumulate > 1` it holds an empty `Accumulator` (gradient sums laid out as the params).
+  """
   if adapted.tx is None:  # `fit` refuses a missing optimizer before this
     raise ValueError("optimizer is required to train: pass an Optax transformation (or an nnx.Optimizer).")
   params, _ = placement.params(adapted.params)
+  accumulator = None
+  if accumulate > 1:
+    counters = placement.replicated((jnp.zeros((), jnp.int32), jnp.zeros((), jnp.bool_), jnp.zeros((), jnp.int32)))
+    accumulator = Accumulator(_zeros_like(params), *counters)
   return Carry(
     params,
     placement.opt_state(adapted.tx, adapted.opt_state, params),
     placement.replicated(adapted.model_state),
     placement.replicated(steps.new_metrics()),
+    accumulator,
   )
+
+
+# Zeros laid out as their (placed) params: the jitted function keeps each input's sharding.
+_zeros_like = jax.jit(lambda tree: jax.tree.map(jnp.zeros_like, tree))
 
 
 def _open_checkpoints(directory: Optional[str], keep: int, resume: bool) -> Any:
@@ -748,6 +869,8 @@ def _record_problem(record: dict[str, Any]) -> Optional[str]:
       raise TypeError("its start_epoch or train_loader has the wrong type")
     if not isinstance(record.get("seed"), (int, type(None))):
       raise TypeError("its seed has the wrong type")
+    if not isinstance(record.get("accumulate", 1), int):
+      raise TypeError("its accumulate has the wrong type")
   except (KeyError, TypeError, ValueError) as err:
     return f"its record is not one fit writes ({type(err).__name__}: {err})"
   return None
@@ -769,7 +892,7 @@ def _detached_rebuild(model: Any, adapted: Adapted) -> Callable[..., Any]:
 
 
 def _evaluate_loader(
-  steps: Steps, placement: Placement, params: PyTree, model_state: PyTree, loader: DataLoader
+  steps: Steps, placement: Placement, params: PyTree, model_state: PyTree, loader: Any
 ) -> dict[str, Any]:
   tally = placement.replicated(steps.new_tally())
   for batch in loader.epoch(0):
@@ -783,7 +906,7 @@ def _host_values(values: Mapping[str, jax.Array]) -> dict[str, Any]:
   return {name: np.asarray(value).tolist() for name, value in jax.device_get(values).items()}
 
 
-def _check_runs(name: str, loader: DataLoader, step: Callable[..., Any], *args: Any) -> None:
+def _check_runs(name: str, loader: Any, step: Callable[..., Any], *args: Any) -> None:
   """Traces `step(*args, batch)` on `loader`'s batch shapes; a failure names the loader."""
   spec = loader.spec
   try:
@@ -795,10 +918,44 @@ def _check_runs(name: str, loader: DataLoader, step: Callable[..., Any], *args: 
     ) from err
 
 
-def _check_loader(name: str, loader: Any, placement: Placement) -> None:
-  if not isinstance(loader, DataLoader):
-    raise ValueError(f"{name} must be a gradcore_jax.data.DataLoader, got {type(loader).__name__}.")
+def _check_loader(name: str, loader: Any, placement: Placement) -> Any:
+  """`loader` as the loop uses it (`data_sources.as_loader`), checked against `placement`.
+
+  A streamed loader that is not process-local is refused with several processes: its
+  batches cannot be checked to be the same whole data on each.
+  """
+  loader = as_loader(name, loader)
+  if isinstance(loader, IterableLoader) and jax.process_count() > 1 and not loader.process_local:
+    raise ValueError(
+      f"{name}: with {jax.process_count()} processes, a streamed loader must be IterableLoader(source, "
+      "process_local=True), each process's source yielding its own share of every global batch."
+    )
   placement.check_loader(name, loader)
+  return loader
+
+
+def _length(loader: Any) -> Optional[int]:
+  """Batches per epoch, or None when a streamed loader does not know it."""
+  return loader.length if isinstance(loader, IterableLoader) else len(loader)
+
+
+def _with_last(items: Iterator[Any]) -> Iterator[tuple[Any, bool]]:
+  """`(item, is_last)` for each item, reading one item ahead."""
+  it = iter(items)
+  try:
+    current = next(it)
+  except StopIteration:
+    return
+  for following in it:
+    yield current, False
+    current = following
+  yield current, True
+
+
+def _stack_host(batches: list[Any]) -> tuple[PyTree, np.ndarray]:
+  """Batches stacked on a new leading axis on the host: a compiled stretch of a streamed loader."""
+  data = jax.tree.map(lambda *leaves: np.stack(leaves), *[batch.data for batch in batches])
+  return data, np.stack([batch.mask for batch in batches])
 
 
 def _model_options(seed: Any, mode_flags: Any, rng_streams: Any, mutable: Any) -> ModelOptions:

@@ -41,7 +41,6 @@ from jax.sharding import PartitionSpec
 from jax.sharding import Sharding
 
 from gradcore_jax._typing import PyTree
-from gradcore_jax.data import DataLoader
 from gradcore_jax.training._models import copy_tree
 
 ParamSharding = Union[None, PartitionSpec, Sharding, PyTree, Callable[[Any, Any], Union[PartitionSpec, Sharding]]]
@@ -90,7 +89,7 @@ class Placement:
     """`jax.set_mesh(mesh)` (which Explicit mesh axes need), or nothing without a mesh."""
     return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
-  def check_loader(self, name: str, loader: DataLoader) -> None:
+  def check_loader(self, name: str, loader: Any) -> None:
     """Refuses a loader whose batches cannot be split evenly, or process-local loaders that differ.
 
     A process-local loader needs a mesh (without one each process trains alone); its global
@@ -168,7 +167,7 @@ class Placement:
       return jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)), batch)
     return jax.tree.map(lambda leaf: _put(leaf, sharding), batch)
 
-  def real_rows(self, loader: DataLoader, sizes: list[int]) -> list[int]:
+  def real_rows(self, loader: Any, sizes: list[int]) -> list[int]:
     """The real rows of each global batch, from this process's counts `sizes` of `loader`'s batches.
 
     The same list for a loader over the whole data; for a process-local one, the counts of

@@ -51,6 +51,13 @@ class TrainingStats:
   and epoch losses, nor the training metrics, nor `examples_seen`; the optimizer has made
   `total_steps - num_skipped_steps` updates. An epoch whose every step was skipped has a
   NaN epoch loss.
+
+  Gradient accumulation (`fit(..., accumulate=k)`): a step is still a batch (a
+  micro-batch): `batch_losses`, `running_losses`, `learning_rates` and `total_steps` count
+  batches, and `learning_rates[s]` is the rate of the optimizer update batch `s`
+  contributes to (the same for every batch of a cycle). The optimizer makes one update per
+  cycle of `k` batches (and one for an epoch's leftover batches); a cycle holding a
+  skipped batch makes none.
   """
 
   batch_losses: list[float] = dataclasses.field(default_factory=list)

@@ -51,6 +51,25 @@ BatchData = tuple[PyTree, Array]  # ((inputs, targets), mask)
 PackedMetrics = dict[str, Array]  # {dtype name: 1-D array}, see `_Packing`
 
 
+class Accumulator(NamedTuple):
+  """The gradient accumulated over an update's micro-batches so far (`fit(accumulate=k)`, k > 1).
+
+  Attributes:
+    grads: Σ over the cycle's micro-batches of the gradient of the *sum* of per-example
+      losses over their real rows (so the update divides once, by `rows`).
+    rows: int32 scalar, the real rows of those micro-batches.
+    spoiled: bool scalar, a micro-batch of the cycle was skipped as non-finite (the cycle
+      then makes no update).
+    batch: int32 scalar, the index within the epoch of the next batch (the cycle ends
+      after every `k`-th batch and after the epoch's last).
+  """
+
+  grads: PyTree
+  rows: Array
+  spoiled: Array
+  batch: Array
+
+
 class Carry(NamedTuple):
   """Everything a train step reads and replaces; donated to the step."""
 
@@ -58,6 +77,7 @@ class Carry(NamedTuple):
   opt_state: PyTree
   model_state: PyTree
   metrics: PackedMetrics  # the epoch's training metric states so far, packed
+  accumulator: Optional[Accumulator] = None  # with gradient accumulation only (None adds no leaf)
 
 
 class Tally(NamedTuple):
@@ -84,11 +104,18 @@ class StepOptions:
       state an update returns (`_plateau.learning_rate_reader`): the step then returns
       `(out, learning_rate)`, the rate of its update (for a skipped step, the rate it
       would have used).
+    accumulate: micro-batches per optimizer update (1: an update per batch, the plain
+      step). With k > 1 the carry holds an `Accumulator`; the update is made after every
+      k-th batch of the epoch and after its last (`batches_per_epoch`), from the summed
+      gradients divided by the summed real rows.
+    batches_per_epoch: the number of batches of an epoch; required when `accumulate > 1`.
   """
 
   clip_global_norm: Optional[float] = None
   on_nonfinite: Optional[str] = None
   learning_rate: Optional[Callable[[PyTree], Array]] = None
+  accumulate: int = 1
+  batches_per_epoch: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +164,9 @@ def build_steps(
   packing = _Packing(collection.init)
   loss_kwargs = _mask_keyword(loss)
 
-  def forward(params: PyTree, model_state: PyTree, batch: BatchData, train: bool) -> tuple[Array, tuple]:
+  def forward(
+    params: PyTree, model_state: PyTree, batch: BatchData, train: bool, summed: bool = False
+  ) -> tuple[Array, tuple]:
     (inputs, targets), mask = _unpack(batch)
     predictions, new_model_state = model.apply(params, model_state, inputs, train)
     per_example = loss(predictions, targets, reduction="none", **loss_kwargs(mask))
@@ -148,6 +177,8 @@ def build_steps(
         f"and y_true {jnp.shape(targets)}."
       )
     per_example = jnp.where(mask, per_example, 0)
+    if summed:  # accumulation differentiates the sum, and divides the cycle's sum once
+      return jnp.sum(per_example), (per_example, targets, predictions, mask, new_model_state)
     batch_loss = jnp.sum(per_example) / jnp.maximum(jnp.sum(mask), 1)
     return batch_loss, (per_example, targets, predictions, mask, new_model_state)
 
@@ -179,6 +210,58 @@ def build_steps(
       return new, (out, options.learning_rate(opt_state))
     return new, out
 
+  def train_accumulating(carry: Carry, batch: BatchData) -> tuple[Carry, PyTree]:
+    """One micro-batch of `accumulate` (see `StepOptions`): adds its gradient; updates at a cycle's end.
+
+    The optimizer update is computed at every micro-batch and selected (`jnp.where`) only
+    at a cycle's end, so the step is one program and the learning rate a micro-batch
+    reports is the one of the update it contributes to.
+    """
+    if model.tx is None or carry.accumulator is None or options.batches_per_epoch is None:
+      raise ValueError("gradient accumulation needs an optimizer, an Accumulator in the carry and batches_per_epoch.")
+    acc = carry.accumulator
+    grad_fn = jax.value_and_grad(lambda p, s, b: forward(p, s, b, True, summed=True), has_aux=True)
+    (total, (_, targets, predictions, mask, model_state)), grads = grad_fn(carry.params, carry.model_state, batch)
+    rows = jnp.sum(mask, dtype=jnp.int32)
+    batch_loss = total / jnp.maximum(rows, 1)
+    skipping = options.on_nonfinite == "skip"
+    gradients_finite = _all_finite(total, grads)
+    keep = gradients_finite if skipping else jnp.bool_(True)  # a skipped micro-batch adds nothing
+    grad_sums = jax.tree.map(lambda total_, g: total_ + jnp.where(keep, g, jnp.zeros_like(g)), acc.grads, grads)
+    row_sum = acc.rows + jnp.where(keep, rows, 0)
+    end = ((acc.batch + 1) % options.accumulate == 0) | (acc.batch + 1 == options.batches_per_epoch)
+    mean_grads = jax.tree.map(lambda g: g / jnp.maximum(row_sum, 1).astype(g.dtype), grad_sums)
+    if options.clip_global_norm is not None:  # the accumulated gradient, as torch clips before `step`
+      mean_grads, _ = transforms.clip_by_torch_norm(mean_grads, options.clip_global_norm)
+    updates, opt_state = model.tx.update(mean_grads, carry.opt_state, carry.params)
+    params = optax.apply_updates(carry.params, updates)
+    # Only a cycle's end makes params; every micro-batch makes model state (BatchNorm statistics).
+    update_finite = _all_finite(model_state) & (~end | _all_finite(params))
+    status = jnp.where(gradients_finite, jnp.where(update_finite, FINITE, BAD_UPDATE), BAD_GRADIENTS)
+    bad = (status != FINITE) if skipping else jnp.bool_(False)
+    spoiled = acc.spoiled | bad
+    apply = end & ~spoiled
+    metric_states = packing.pack(collection.update(packing.unpack(carry.metrics), targets, predictions, mask=mask))
+    zeros = jax.tree.map(jnp.zeros_like, grad_sums)
+    new = Carry(
+      params=_pick(apply, params, carry.params),
+      opt_state=_pick(apply, opt_state, carry.opt_state),
+      model_state=_pick(~bad, model_state, carry.model_state),
+      metrics=_pick(~bad, metric_states, carry.metrics),
+      accumulator=Accumulator(
+        grads=_pick(end, zeros, grad_sums),
+        rows=jnp.where(end, 0, row_sum),
+        spoiled=~end & spoiled,  # a new cycle starts clean
+        batch=jnp.where(acc.batch + 1 == options.batches_per_epoch, 0, acc.batch + 1),
+      ),
+    )
+    out = batch_loss
+    if options.on_nonfinite is not None:
+      out = jnp.stack([batch_loss, status.astype(batch_loss.dtype)])
+    if options.learning_rate is not None:
+      return new, (out, options.learning_rate(opt_state))
+    return new, out
+
   def evaluate(tally: Tally, params: PyTree, model_state: PyTree, batch: BatchData) -> Tally:
     _, (per_example, targets, predictions, mask, _) = forward(params, model_state, batch, False)
     return Tally(
@@ -191,15 +274,21 @@ def build_steps(
 
   # The initial states are jitted: one dispatch, and every leaf its own buffer (metric
   # states may share one zero array between leaves, which a donated carry cannot take twice).
+  step = train if options.accumulate == 1 else train_accumulating
   return Steps(
-    train=jax.jit(train, donate_argnums=0),
-    train_scan=jax.jit(lambda carry, batches: lax.scan(train, carry, batches), donate_argnums=0),
+    train=jax.jit(step, donate_argnums=0),
+    train_scan=jax.jit(lambda carry, batches: lax.scan(step, carry, batches), donate_argnums=0),
     evaluate=jax.jit(evaluate, donate_argnums=0),
     new_metrics=jax.jit(lambda: packing.pack(collection.init())),
     new_tally=jax.jit(lambda: Tally(loss_metric.init(), collection.init())),
     metric_values=jax.jit(lambda packed: collection.compute(packing.unpack(packed))),
     tally_values=jax.jit(tally_values),
   )
+
+
+def _pick(use_new: Array, new: PyTree, old: PyTree) -> PyTree:
+  """`new` where the bool scalar `use_new` holds, else `old`, leaf by leaf (one select each, no branch)."""
+  return jax.tree.map(lambda n, o: jnp.where(use_new, n, o), new, old)
 
 
 def _all_finite(*trees: PyTree) -> Array:
