@@ -11,10 +11,11 @@ Both train the same Flax linen MLP with Adam on the same `DataLoader` batches:
 Steps per second are taken per epoch, leaving out each run's first epoch (it compiles);
 runs of the variants alternate in rounds, in a new random order each round. Peak memory is
 how far the process's resident set rose above its size at the start of a run, at its
-highest (the high-water mark is reset before each run), the largest over the rounds. In
+highest (the high-water mark is reset before each run), the median over the rounds. In
 one process it counts what a run needs beyond what earlier runs left behind (compiler
-memory the allocator kept, the code pages of jaxlib already touched): `memory.py` takes
-the first run of a process apart.
+memory the allocator kept, the code pages of jaxlib already touched), and the first run
+of a process pays one-time costs the others do not (the median leaves it out):
+`memory.py` takes that apart.
 """
 
 from __future__ import annotations
@@ -147,14 +148,14 @@ VARIANTS: dict[str, Callable[[Workload], list[float]]] = {
 
 def run_workload(workload: Workload, rounds: int) -> list[dict[str, Any]]:
   rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
-  growth: dict[str, int] = {name: 0 for name in VARIANTS}
+  growth: dict[str, list[int]] = {name: [] for name in VARIANTS}
   for names in common.shuffled_rounds(list(VARIANTS), rounds):
     for name in names:
       variant = VARIANTS[name]
       common.reset_peak()
       before = common.resident_kib("VmRSS")
       rates[name].extend(variant(workload)[1:])  # epoch 0 compiles
-      growth[name] = max(growth[name], common.resident_kib("VmHWM") - before)
+      growth[name].append(common.resident_kib("VmHWM") - before)
   reference = statistics.median(rates["handwritten_optax"])
   return [
     {
@@ -162,7 +163,7 @@ def run_workload(workload: Workload, rounds: int) -> list[dict[str, Any]]:
       "variant": name,
       "steps_per_s": statistics.median(values),
       "vs_handwritten": statistics.median(values) / reference,
-      "peak_growth_mib": growth[name] / 1024,
+      "peak_growth_mib": statistics.median(growth[name]) / 1024,
       "epochs_timed": len(values),
     }
     for name, values in rates.items()

@@ -213,21 +213,26 @@ def _aot(kind: str, loader: DataLoader) -> dict[str, Any]:
   }
 
 
-def measure_warm() -> dict[str, Any]:
-  """The second calls of every way, and the compile/run breakdown, in this (warmed) process."""
+def measure_warm(quick: bool = False) -> dict[str, Any]:
+  """The second calls of every way, and the compile/run breakdown, in this (warmed) process.
+
+  Args:
+    quick: warm up with `bare_step` alone, skip the second calls and compile only the
+      step and the one-epoch scan (a smoke test).
+  """
   loader = _loader()
-  for way in WAYS:  # first use: the compiler's and runtime's one-time costs
+  for way in ("bare_step",) if quick else WAYS:  # first use: the compiler's and runtime's one-time costs
     train(way, loader)
   runs = []
-  for way in WAYS:
+  for way in () if quick else WAYS:
     trim()
     window = Window()
     train(way, loader)
     runs.append({"way": way, **window.close()})
-  parts = [_aot(kind, loader) for kind in ("step", "scan", "scan_10_epochs", "scan_not_donated")]
+  kinds = ("step", "scan") if quick else ("step", "scan", "scan_10_epochs", "scan_not_donated")
   stacked = loader.stacked(0)
   dataset = sum(leaf.nbytes for leaf in jax.tree.leaves(stacked.data)) + stacked.mask.nbytes
-  return {"warm_runs": runs, "compile_run": parts, "stacked_epoch_bytes": int(dataset)}
+  return {"warm_runs": runs, "compile_run": [_aot(kind, loader) for kind in kinds], "stacked_epoch_bytes": int(dataset)}
 
 
 def _in_new_process(call: str) -> Any:
@@ -241,7 +246,7 @@ def _in_new_process(call: str) -> Any:
 def run(settings: common.Settings) -> dict[str, Any]:
   """Every measurement in a new process; a quick run does the warm one only."""
   fresh = [] if settings.quick else [_in_new_process(f"measure_fresh({way!r})") for way in WAYS]
-  return {"memory": {"fresh": fresh, **_in_new_process("measure_warm()")}}
+  return {"memory": {"fresh": fresh, **_in_new_process(f"measure_warm(quick={settings.quick})")}}
 
 
 def report(result: dict[str, Any]) -> str:
@@ -253,7 +258,8 @@ def report(result: dict[str, Any]) -> str:
       "First compilation in a new process:\n\n"
       + common.markdown_table(memory["fresh"], ("way", *kept, "kept_after_trim_mib", "seconds"))
     )
-  parts.append("Second call, after malloc_trim:\n\n" + common.markdown_table(memory["warm_runs"], ("way", *kept)))
+  if memory["warm_runs"]:
+    parts.append("Second call, after malloc_trim:\n\n" + common.markdown_table(memory["warm_runs"], ("way", *kept)))
   parts.append(
     f"Compile and run, ahead of time (one epoch stacked: {memory['stacked_epoch_bytes'] / 1024:.0f} KiB):\n\n"
     + common.markdown_table(memory["compile_run"], tuple(memory["compile_run"][0]))

@@ -1,8 +1,10 @@
 """Smoke test of the benchmark suite: `python -m benchmarks all --quick` runs and writes its JSON.
 
 No timing is asserted (figures on a shared machine are noise at these sizes); the test
-checks that every suite ran, that each figure is a positive number, and that the
-multi-tensor and PyTorch cases took part.
+checks that every suite ran, that each figure is a positive number, that the
+multi-tensor and PyTorch cases took part, that the PyTorch loop trained the same model
+on the same batches as `fit` (reference: PyTorch 2.13's `torch.optim.Adam` loop, epoch
+losses to float32 rounding), and the structural facts the memory suite rests on.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
   path = tmp_path_factory.mktemp("benchmarks") / "quick.json"
   done = subprocess.run(
-      [sys.executable, "-m", "benchmarks", "all", "--quick", "--json", str(path)],
-      cwd=ROOT,
-      capture_output=True,
-      text=True,
-      timeout=600,
+    [sys.executable, "-m", "benchmarks", "all", "--quick", "--json", str(path)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
   assert done.returncode == 0, done.stderr[-4000:]
-  assert "## update" in done.stdout and "## loop" in done.stdout and "## threads" in done.stdout
+  for suite in ("update", "threads", "loop", "torchloop", "memory"):
+    assert f"## {suite}" in done.stdout
   return json.loads(path.read_text())
 
 
@@ -61,3 +64,27 @@ def test_loop_and_threads_report_positive_figures(quick_run: dict) -> None:
   for row in quick_run["loop"]:
     assert _positive(row["steps_per_s"]) and row["peak_growth_mib"] >= 0
   assert all(_positive(row["ours_ms"]) and _positive(row["torch_fused_ms"]) for row in quick_run["xla_threads"])
+
+
+def test_torch_loop_trains_the_same_model_on_the_same_batches(quick_run: dict) -> None:
+  rows = quick_run["torch_loop"]
+  assert {row["workload"] for row in rows} == {"digits_mlp", "digits_cnn"}
+  variants = {row["variant"] for row in rows}
+  assert {"fit_gcj", "fit_gcj_compiled_epoch", "torch_eager", "torch_eager_1_thread"} <= variants
+  for row in rows:
+    assert _positive(row["steps_per_s"]) and _positive(row["vs_torch_eager"]) and row["peak_growth_mib"] >= 0
+    if row["variant"].startswith("torch"):
+      # Same initial weights, batches and Adam: the epoch losses agree to float32 rounding
+      # (a wrongly transposed kernel or other batches would differ by ~1e-1).
+      assert row["loss_rel_diff_vs_fit"] < 1e-5, row
+
+
+def test_memory_breakdown_compiles_a_loop_and_donates_the_carry(quick_run: dict) -> None:
+  memory = quick_run["memory"]
+  cases = {row["case"]: row for row in memory["compile_run"]}
+  assert {"step", "scan"} <= set(cases)
+  assert cases["scan"]["while_loops"] == 1  # the epoch is a loop, not unrolled
+  assert cases["scan"]["input_bytes"] == memory["stacked_epoch_bytes"]  # one epoch's batches, nothing more
+  for row in cases.values():
+    assert row["xla_alias_kib"] > 0  # the donated carry is updated in place
+    assert _positive(row["compile_peak_mib"]) and row["run_peak_mib"] >= 0

@@ -34,6 +34,7 @@ rounding can follow such a run to 1e-10. So:
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 from typing import Any, NamedTuple
@@ -141,6 +142,9 @@ def _ours_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
   return ours
 
 
+TRACES: collections.Counter = collections.Counter()  # traces of `_step_fn`'s steps, per program
+
+
 @functools.cache
 def _step_fn(problem: str, dtype_name: str, line_search_fn: str | None):
   """One jitted `update` per objective and line search (and history size, the state's shape).
@@ -152,6 +156,7 @@ def _step_fn(problem: str, dtype_name: str, line_search_fn: str | None):
 
   @jax.jit
   def step(params, state, hyperparams):
+    TRACES[problem, dtype_name, line_search_fn, state.old_dirs.shape[0]] += 1
     tx = gcj.lbfgs(line_search_fn=line_search_fn, **hyperparams)
     value, grad = jax.value_and_grad(loss)(params)
     updates, state = tx.update(grad, state, params, value=value, value_fn=loss)
@@ -162,6 +167,11 @@ def _step_fn(problem: str, dtype_name: str, line_search_fn: str | None):
 
 def _jax_loss(problem: str, dtype, params):
   return PROBLEMS[problem].jax_loss(params, dtype)
+
+
+@functools.cache
+def _jitted_loss(problem: str):
+  return jax.jit(functools.partial(_jax_loss, problem, np.float64))
 
 
 def _hyperparams(group: dict[str, Any], dtype) -> dict[str, Any]:
@@ -339,8 +349,8 @@ FREE_RUNS = [("logistic", desc) for desc in COMBINATIONS] + [
 STEPWISE_RUNS = [
   *[("rosenbrock-2d", desc) for desc in (*MATRIX, "max_iter 1", "tolerance_change 1e-5, lr 0.5")],
   *[("rosenbrock-10d", desc) for desc in ("default", "non-default lr", "Tensor lr", "strong_wolfe")],
-  ("rosenbrock-2d", "strong_wolfe, history 3, max_iter 5"),
   ("logistic", "history 3, max_iter 5"),  # the buffer wraps inside each update
+  ("logistic", "strong_wolfe, history 3, max_iter 5"),
   ("logistic", "strong_wolfe, max_iter 7, max_eval 9, history 3"),
 ]
 
@@ -355,10 +365,23 @@ def test_trajectory_matches_torch(problem: str, desc: str):
     params, state = _start(problem, kwargs, dtype)
     step = _step_fn(problem, "float64", kwargs.get("line_search_fn"))
     hyperparams = _hyperparams(reference.group, dtype)
+    shapes = jax.tree.map(lambda x: (x.shape, x.dtype), state)
     for t in range(STEPS):
+      n_iter = int(state.n_iter)
       params, state = step(params, state, hyperparams)
       _close(f"params after update {t + 1}", _flat(params), _flat(reference.params[t]), TOLERANCE[dtype])
       assert_state_matches(state, reference.states[t], reference.scales[t], TOLERANCE[dtype], history=False)
+      # The state keeps its shapes and dtypes (the history buffer does not grow). The value kept
+      # for `optax.value_and_grad_from_state` is the objective at the new params, or `inf` after
+      # an update that ended with a fixed step torch does not evaluate (its next closure call does).
+      assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == shapes
+      if np.isinf(state.value):
+        assert kwargs.get("line_search_fn") is None
+        assert int(state.n_iter) - n_iter == reference.group["max_iter"]
+      else:
+        _close("value", state.value, _jitted_loss(problem)(params), 1e-13)
+  # One compilation for all the updates (and for every combination sharing the objective, line search and history size).
+  assert TRACES[problem, "float64", kwargs.get("line_search_fn"), state.old_dirs.shape[0]] == 1
 
 
 @pytest.mark.parametrize("problem,desc", STEPWISE_RUNS, ids=[f"{p}: {d}" for p, d in STEPWISE_RUNS])
@@ -457,42 +480,26 @@ def test_schedule_under_inject_hyperparams_matches_torch_lr_changes():
 # ---- compilation, state shapes, the Optax convention -------------------------------------------------------------------
 
 
-def test_one_compilation_and_fixed_state_across_updates():
-  """20 updates trace the step once; the history buffer keeps its shape while it wraps around.
+def test_state_memory_is_fixed():
+  """Two `(history_size, n)` buffers and three `n`-vectors, from `init` on (it takes shapes too)."""
+  tx = gcj.lbfgs(history_size=3)
+  params = {"w": jax.ShapeDtypeStruct((1000,), jnp.float32)}  # the few scalars are 1.5 % here
+  memory = gcj.state_memory(jax.eval_shape(tx.init, params), params)
+  assert memory.multiple == pytest.approx(2 * 3 + 3, abs=0.02)
 
-  Also the value kept for `optax.value_and_grad_from_state`: `inf` after an update that ended
-  with a fixed step torch does not evaluate (its next closure call does), the value otherwise.
-  """
-  traces = []
-  tx = gcj.lbfgs(max_iter=5, history_size=3)
-  loss = functools.partial(_jax_loss, "rosenbrock-10d", np.float32)
 
-  @jax.jit
-  def step(params, state):
-    traces.append(1)
-    value, grad = jax.value_and_grad(loss)(params)
-    updates, state = tx.update(grad, state, params, value=value, value_fn=loss)
-    return optax.apply_updates(params, updates), state
-
-  params = (jnp.asarray(PROBLEMS["rosenbrock-10d"].start[0], jnp.float32),)
-  state = tx.init(params)
-  shapes = jax.tree.map(lambda x: (x.shape, x.dtype), state)
-  wrapped, unevaluated = False, 0
-  for _ in range(20):
-    n_iter = int(state.n_iter)
-    params, state = step(params, state)
-    assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == shapes
-    wrapped |= int(state.history_start) != 0
-    ran_all = int(state.n_iter) - n_iter == 5
-    assert np.isinf(state.value) == ran_all
-    if not ran_all:
-      np.testing.assert_allclose(state.value, loss(params), rtol=1e-6)
-    unevaluated += ran_all
-  assert len(traces) == 1
-  assert state.old_dirs.shape == (3, 10) and int(state.history_len) == 3 and wrapped and unevaluated
-  big = {"w": jax.ShapeDtypeStruct((1000,), jnp.float32)}  # init takes shapes; the few scalars are 1.5 % here
-  memory = gcj.state_memory(jax.eval_shape(tx.init, big), big)
-  assert memory.multiple == pytest.approx(2 * 3 + 3, abs=0.02)  # two (3, n) buffers, d, prev grad, grad
+def test_history_buffer_wraps_around():
+  """The fixed-step history-3 run fills the buffer in its first update and then overwrites the oldest pair."""
+  reference = torch_run("logistic", "history 3, max_iter 5")
+  assert len(reference.states[-1]["old_dirs"]) == 3
+  with precision(np.float64):
+    params, state = _start("logistic", COMBINATIONS["history 3, max_iter 5"], np.float64)
+    step = _step_fn("logistic", "float64", None)
+    starts = set()
+    for _ in range(4):
+      params, state = step(params, state, _hyperparams(reference.group, np.float64))
+      starts.add(int(state.history_start))
+  assert int(state.history_len) == 3 and len(starts) > 1
 
 
 # ---- bad input ---------------------------------------------------------------------------------------------------------

@@ -272,7 +272,7 @@ def _bad_fit(**overrides: Any) -> None:
         ({"optimizer": None}, "optimizer is required"),
         ({"optimizer": "adam"}, "optimizer must be an Optax GradientTransformation"),
         ({"params": None}, "params is required"),
-        ({"train_loader": [(1, 2)]}, "train_loader must be a gradcore_jax.data.DataLoader"),
+        ({"train_loader": [(1, 2)]}, "train_loader batch 0: every array needs the same number"),  # scalars
         ({"metrics": {"loss": metrics.mean_squared_error()}}, "name 'loss'"),
         ({"metrics": {"mse": "mse"}}, "metrics must be a dict"),
         ({"model": 3}, "model must be an apply function"),
