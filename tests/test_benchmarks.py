@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-  path = tmp_path_factory.mktemp("benchmarks") / "quick.json"
+def _run_quick(path: Path) -> None:
   done = subprocess.run(
     [sys.executable, "-m", "benchmarks", "all", "--quick", "--json", str(path)],
     cwd=ROOT,
@@ -33,6 +32,27 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
   assert done.returncode == 0, done.stderr[-4000:]
   for suite in ("update", "threads", "loop", "torchloop", "memory"):
     assert f"## {suite}" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+  """The quick run's JSON record: made once per pytest session, even with xdist workers.
+
+  Each xdist worker would build a module fixture of its own and run the whole suite
+  again; the workers share the session's temporary folder, so the first one runs it
+  under a file lock and the others read its record (pytest-xdist's recipe for a
+  fixture that runs once).
+  """
+  if os.environ.get("PYTEST_XDIST_WORKER") is None:
+    path = tmp_path_factory.mktemp("benchmarks") / "quick.json"
+    _run_quick(path)
+    return json.loads(path.read_text())
+  from filelock import FileLock  # a dependency of torch
+
+  path = tmp_path_factory.getbasetemp().parent / "benchmarks_quick.json"
+  with FileLock(str(path) + ".lock"):
+    if not path.is_file():
+      _run_quick(path)
   return json.loads(path.read_text())
 
 

@@ -246,7 +246,7 @@ def _strong_wolfe(
     # ([t_prev, t]), the curvature condition (done, the one-point bracket [t, t]), the slope
     # non-negative ([t_prev, t]).
     prev = jnp.where(first, 0, 1)
-    prev_t, prev_f = c.t[prev], c.f[prev]
+    prev_f = c.f[prev]
     exhausted = ls_iter >= max_ls
     too_high = armijo_fails(step, value) | ((ls_iter > 1) & (value >= prev_f))
     converged = ~exhausted & ~too_high & curvature
@@ -312,11 +312,12 @@ def _direction(c: _Loop, first: Array, m: int) -> tuple[Array, Array, Array, Arr
   row = (start + num) % m
   old_dirs = c.old_dirs.at[row].set(jnp.where(keep, y, c.old_dirs[row]))
   old_stps = c.old_stps.at[row].set(jnp.where(keep, s, c.old_stps[row]))
-  ro = c.ro.at[row].set(jnp.where(keep, 1.0 / ys, c.ro[row]))
+  # Divisors replaced by 1 where the pair is dropped: the same values where kept, no NaN elsewhere.
+  ro = c.ro.at[row].set(jnp.where(keep, 1.0 / jnp.where(keep, ys, 1), c.ro[row]))
   full = num == m
   start = jnp.where(keep & full, (start + 1) % m, start)
   num = jnp.where(keep & ~full, num + 1, num)
-  h_diag = jnp.where(keep, ys / jnp.dot(y, y), h_diag)
+  h_diag = jnp.where(keep, ys / jnp.where(keep, jnp.dot(y, y), 1), h_diag)
 
   # Two-loop recursion, newest pair to oldest, then back (with no pairs: d = -g * 1 = -g).
   def backward(k, carry):
