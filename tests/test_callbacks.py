@@ -420,3 +420,64 @@ def test_resume_keeps_early_stopping_the_csv_and_the_rates(tmp_path) -> None:
   with pytest.warns(UserWarning, match=f"the best epoch, {stopping.best_epoch}, was trained before this run resumed"):
     last = _run(20, checkpoint_dir=late, resume=True, callbacks=callbacks(tmp_path / "late.csv"))
   assert int(last.opt_state.count) == last.stats.total_steps == whole.stats.total_steps
+
+
+# --------------------------------------------------------------------------------------
+# Weight averaging (reference: torch.optim.swa_utils.AveragedModel, live)
+
+
+class ParamsAtEpochEnd(Callback):
+  """Keeps a host copy of the params at every epoch end: the sequence torch's average is fed."""
+
+  def __init__(self) -> None:
+    self.params: list[dict] = []
+
+  def on_epoch_end(self, run):
+    self.params.append(jax.tree.map(np.asarray, run.params))
+
+
+def _torch_average(sequence: list[dict], avg_fn: Any) -> dict:
+  """`AveragedModel(model, multi_avg_fn=...)` updated once per entry of `sequence`."""
+  from torch.optim import swa_utils
+
+  module = torch.nn.ParameterDict({k: torch.nn.Parameter(torch.tensor(v)) for k, v in sequence[0].items()})
+  averaged = swa_utils.AveragedModel(module, multi_avg_fn=avg_fn)
+  for params in sequence:
+    with torch.no_grad():
+      for name, value in params.items():
+        module[name].copy_(torch.tensor(value))
+    averaged.update_parameters(module)
+  return {name: averaged.module[name].detach().numpy() for name in sequence[0]}
+
+
+@pytest.mark.parametrize("kind", ["swa", "ema"])
+def test_weight_averaging_in_fit_equals_torchs_averaged_model(kind: str) -> None:
+  from torch.optim import swa_utils
+
+  avg_fn, torch_fn = {
+    "swa": (gcj.averaging.swa(), None),
+    "ema": (gcj.averaging.ema(0.9), swa_utils.get_ema_multi_avg_fn(0.9)),
+  }[kind]
+  averaging = gcj.callbacks.WeightAveraging(avg_fn, start_epoch=2)
+  recorder = ParamsAtEpochEnd()
+  result = _run(6, callbacks=[recorder, averaging])
+  assert averaging.folds == 4 and int(averaging.averaged.n_averaged) == 4
+  want = _torch_average(recorder.params[2:], torch_fn)
+  for name in ("w", "b"):
+    np.testing.assert_allclose(np.asarray(averaging.averaged.params[name]), want[name], rtol=1e-6, atol=1e-7)
+  # The average is not the last params, and evaluate scores it like any params.
+  assert not np.allclose(np.asarray(averaging.averaged.params["w"]), np.asarray(result.model["w"]))
+  x, y, _ = _data()
+  figures = gcj.evaluate(linear, DataLoader((x[96:], y[96:]), batch_size=24), loss=losses.mse, params=averaging.averaged.params)
+  assert np.isfinite(figures["loss"])
+
+
+def test_weight_averaging_every_sync_folds_each_step_and_bad_options_are_named() -> None:
+  averaging = gcj.callbacks.WeightAveraging(gcj.averaging.ema(0.5), every="sync")
+  _run(2, callbacks=[averaging], log_interval=1)
+  assert averaging.folds == 12  # 6 steps per epoch, one sync each (the epoch-end sync included)
+  for kwargs, name in (({"every": "step"}, "every"), ({"start_epoch": -1}, "start_epoch"), ({"use_buffers": 1}, "use_buffers")):
+    with pytest.raises(ValueError, match=name):
+      gcj.callbacks.WeightAveraging(**kwargs)
+  with pytest.raises(ValueError, match="avg_fn"):
+    gcj.callbacks.WeightAveraging(avg_fn=0.5)

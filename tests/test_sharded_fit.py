@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+from _once import session_report
 
 SCRIPT = pathlib.Path(__file__).with_name("_sharded_fit.py")
 RUNS = ("replicated", "fsdp", "resumed", "explicit")
@@ -21,16 +22,20 @@ RUNS = ("replicated", "fsdp", "resumed", "explicit")
 FLOAT32_ROUNDING = 2e-6
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def _run_subprocess(checkpoints: pathlib.Path) -> dict:
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
   env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  checkpoints = tmp_path_factory.mktemp("sharded_checkpoints")
   done = subprocess.run(
       [sys.executable, str(SCRIPT), str(checkpoints)], env=env, capture_output=True, text=True, timeout=600, check=False
   )
   assert done.returncode == 0, done.stderr[-4000:]
   return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+  """The subprocess's report, made once per session (not once per xdist worker)."""
+  return session_report(tmp_path_factory, "sharded_fit_report", _run_subprocess)
 
 
 def test_the_subprocess_has_eight_devices(report: dict) -> None:

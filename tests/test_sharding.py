@@ -23,6 +23,7 @@ import subprocess
 import sys
 
 import pytest
+from _once import session_report
 
 SCRIPT = pathlib.Path(__file__).with_name("_sharded_optimizers.py")
 MODES = ("explicit", "auto")
@@ -61,8 +62,8 @@ def test_every_optimizer_has_a_case():
   assert {re.split("[-+]", name)[0] for name in EXPECTED_STATE} == set(gcj.optimizers.names())
 
 
-@pytest.fixture(scope="module")
-def report() -> dict:
+def _run_subprocess(scratch) -> dict:
+  del scratch  # the run writes nothing
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
   env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   done = subprocess.run(
@@ -70,6 +71,12 @@ def report() -> dict:
   )
   assert done.returncode == 0, done.stderr[-4000:]
   return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+  """The subprocess's report, made once per session (not once per xdist worker)."""
+  return session_report(tmp_path_factory, "sharding_report", _run_subprocess)
 
 
 def test_the_subprocess_runs_on_eight_devices_and_this_one_on_one(report):

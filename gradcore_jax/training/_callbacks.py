@@ -22,6 +22,8 @@ figures, evaluation and checkpoint complete), so every recorded epoch is whole. 
 run in list order and share one `logs` dict per hook call, so a callback may add figures
 for the ones after it.
 
+`WeightAveraging` keeps torch's SWA / EMA average (`gcj.averaging`) of the trained params.
+
 The module imports nothing of `training` but `TrainingStats`: `fit` builds the `Run` and
 calls the hooks (imports point one way).
 """
@@ -41,6 +43,7 @@ from typing import Optional
 from typing import Sequence
 from typing import Union
 
+from gradcore_jax import averaging
 from gradcore_jax._typing import PyTree
 from gradcore_jax.training._stats import TrainingStats
 
@@ -629,6 +632,86 @@ class TensorBoard(Callback):
       self.writer = None
 
 
+class WeightAveraging(Callback):
+  """torch's SWA / EMA recipe from `fit`: `AveragedModel.update_parameters(model)` at epoch ends.
+
+  From epoch `start_epoch` on (counted like `fit`'s `start_epoch`), at the end of every
+  epoch (`every="epoch"`, torch's SWA recipe: `if epoch >= swa_start:
+  swa_model.update_parameters(model)`) or at every sync point (`every="sync"`; with
+  `fit(log_interval=1)` that is every step, the usual EMA schedule, at the cost of one
+  wait for the device per step), the trained params are folded into `averaged` with
+  `gcj.averaging.update`: the first fold copies them, later ones apply `avg_fn`. The
+  model state (BatchNorm statistics, when the model has any) is copied, or averaged too
+  with `use_buffers=True`, as in torch. Recompute BatchNorm statistics for the averaged
+  params yourself if you need them (torch's `update_bn`), e.g. by a pass over the data in
+  train mode.
+
+  After `fit`, `averaged` is a `gcj.averaging.AveragedState` whose `params` are in `fit`'s
+  params form (what `run.params` holds): score them with
+  `gcj.evaluate(apply_fn, loader, params=callback.averaged.params, ...)`. The average lives
+  on the device and costs one fold per update, never a copy per step. It is not part of
+  checkpoints: a resumed run starts a new average (documented limit).
+
+  Attributes (after `fit`): `averaged` (None before the first fold) and `folds` (how many
+  folds were taken in this `fit` call).
+  """
+
+  def __init__(
+    self,
+    avg_fn: Optional[Callable[[Any, Any, Any], Any]] = None,
+    *,
+    start_epoch: int = 0,
+    every: str = "epoch",
+    use_buffers: bool = False,
+  ) -> None:
+    """Checks the options (ValueError naming the argument).
+
+    Args:
+      avg_fn: the per-leaf rule, `gcj.averaging.swa()` (default: equal weights) or
+        `gcj.averaging.ema(decay)`, or your own `(averaged, current, n_averaged) -> new`.
+      start_epoch: the first epoch whose params are folded in (torch's `swa_start`), an
+        integer >= 0. Default 0.
+      every: `"epoch"` (default: at each epoch's end) or `"sync"` (at every sync point).
+      use_buffers: average the model state with `avg_fn` instead of copying it (torch's
+        `use_buffers`). Default False.
+    """
+    if avg_fn is not None and not callable(avg_fn):
+      raise ValueError(f"avg_fn must be a function (averaged, current, n_averaged) -> array, got {avg_fn!r}.")
+    if every not in ("epoch", "sync"):
+      raise ValueError(f"every must be 'epoch' or 'sync', got {every!r}.")
+    if not isinstance(use_buffers, bool):
+      raise ValueError(f"use_buffers must be True or False, got {use_buffers!r}.")
+    self.avg_fn, self.every, self.use_buffers = avg_fn, every, use_buffers
+    self.start_epoch = _check_count("start_epoch", start_epoch)
+    self.averaged: Any = None
+    self.folds = 0
+
+  def on_train_begin(self, run: Run) -> Optional[bool]:
+    self.averaged, self.folds = None, 0
+    return None
+
+  def _fold(self, run: Run) -> None:
+    if run.epoch < self.start_epoch:
+      return
+    state = run.snapshot()
+    if self.averaged is None:
+      self.averaged = averaging.init(state.params, state.model_state)
+    self.averaged = averaging.update(
+      self.averaged, state.params, state.model_state, avg_fn=self.avg_fn, use_buffers=self.use_buffers
+    )
+    self.folds += 1
+
+  def on_sync(self, run: Run) -> Optional[bool]:
+    if self.every == "sync":
+      self._fold(run)
+    return None
+
+  def on_epoch_end(self, run: Run) -> Optional[bool]:
+    if self.every == "epoch":
+      self._fold(run)
+    return None
+
+
 def _check_count(name: str, value: Any) -> int:
   if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
     raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
@@ -643,4 +726,4 @@ def _check_real(name: str, value: Any, minimum: Optional[float] = None) -> float
   return float(value)
 
 
-__all__ = ["CSVLogger", "Callback", "EarlyStopping", "Run", "Snapshot", "TensorBoard"]
+__all__ = ["CSVLogger", "Callback", "EarlyStopping", "Run", "Snapshot", "TensorBoard", "WeightAveraging"]
