@@ -39,7 +39,9 @@ SUITES: dict[str, Suite] = {
 
 
 def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks", description=(__doc__ or "The benchmark suite.").splitlines()[0]
+  )
   parser.add_argument("suite", nargs="?", default="all", choices=(*SUITES, "all"), help="what to run (default: all)")
   parser.add_argument("--quick", action="store_true", help="tiny sizes and few rounds: a smoke test, not figures")
   parser.add_argument(

@@ -24,8 +24,8 @@ from typing import Callable
 from typing import Mapping
 from typing import Sequence
 
-Runner = Callable[[], None]
-"""One unit of work that returns only when the work is done (results blocked on)."""
+Runner = Callable[[], object]
+"""One unit of work that returns only when the work is done (results blocked on); its value is ignored."""
 
 
 @dataclasses.dataclass(frozen=True)

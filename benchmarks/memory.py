@@ -17,6 +17,9 @@ reset before each measurement):
   done before): the peak growth, what of it is still resident afterwards split into
   anonymous memory (heap) and mapped files (jaxlib's code pages, shared and
   reclaimable), and what is left after glibc's `malloc_trim(0)` hands freed heap back;
+  then `fit` and `fit_compiled_epoch` again in new processes that find every executable
+  in JAX's persistent compilation cache (off by default; filled by a process before),
+  which leaves out what compiling costs;
 * `warm_runs`: each way again in a process that has run all four once, after
   `malloc_trim(0)`: what a second call needs;
 * `compile_run`: the step and the scan compiled ahead of time (`jit(...).lower(...).compile()`)
@@ -32,12 +35,15 @@ from __future__ import annotations
 import ctypes
 import functools
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 from typing import Callable
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -197,7 +203,9 @@ def _aot(kind: str, loader: DataLoader) -> dict[str, Any]:
     carry, out = compiled(carry, args)
     jax.block_until_ready((carry, out))
   running = window.close()
-  analysis = compiled.memory_analysis()
+  analysis, text = compiled.memory_analysis(), compiled.as_text()
+  if analysis is None or text is None:  # both exist on the CPU backend this suite runs on
+    raise RuntimeError(f"XLA gives no memory analysis or HLO text for {kind} on {jax.default_backend()}.")
   return {
     "case": kind,
     "batches": int(jax.tree.leaves(args)[0].shape[0]) if kind != "step" else 1,
@@ -209,7 +217,7 @@ def _aot(kind: str, loader: DataLoader) -> dict[str, Any]:
     "xla_temp_kib": analysis.temp_size_in_bytes / 1024,
     "xla_output_kib": analysis.output_size_in_bytes / 1024,
     "xla_alias_kib": analysis.alias_size_in_bytes / 1024,
-    "while_loops": compiled.as_text().count(" while("),
+    "while_loops": text.count(" while("),
   }
 
 
@@ -235,17 +243,45 @@ def measure_warm(quick: bool = False) -> dict[str, Any]:
   return {"warm_runs": runs, "compile_run": [_aot(kind, loader) for kind in kinds], "stacked_epoch_bytes": int(dataset)}
 
 
-def _in_new_process(call: str) -> Any:
+def _in_new_process(call: str, env: Optional[dict[str, str]] = None) -> Any:
+  """`benchmarks.memory.<call>` in a new Python process (with `env` added to its environment); its JSON."""
   code = f"import json\nfrom benchmarks import memory\nprint(json.dumps(memory.{call}))\n"
-  done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+  done = subprocess.run(
+    [sys.executable, "-c", code],
+    cwd=ROOT,
+    env={**os.environ, **(env or {})},
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   if done.returncode != 0:
     raise RuntimeError(f"benchmarks.memory.{call} failed in its process:\n{done.stderr[-4000:]}")
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _with_cache_hit(way: str) -> dict[str, Any]:
+  """`measure_fresh(way)` in a process whose compilations all come from JAX's persistent cache.
+
+  A first process fills a new cache folder (every compilation kept, however short);
+  the second, measured, loads the executables instead of compiling them.
+  """
+  with tempfile.TemporaryDirectory() as folder:
+    env = {
+      "JAX_COMPILATION_CACHE_DIR": folder,
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+    _in_new_process(f"measure_fresh({way!r})", env)
+    row = _in_new_process(f"measure_fresh({way!r})", env)
+  return {**row, "way": f"{way}, compilation cache hit"}
+
+
 def run(settings: common.Settings) -> dict[str, Any]:
   """Every measurement in a new process; a quick run does the warm one only."""
-  fresh = [] if settings.quick else [_in_new_process(f"measure_fresh({way!r})") for way in WAYS]
+  fresh = []
+  if not settings.quick:
+    fresh = [_in_new_process(f"measure_fresh({way!r})") for way in WAYS]
+    fresh += [_with_cache_hit(way) for way in ("fit", "fit_compiled_epoch")]
   return {"memory": {"fresh": fresh, **_in_new_process(f"measure_warm(quick={settings.quick})")}}
 
 

@@ -32,9 +32,13 @@ Steps per second are taken per epoch, leaving out each run's first epoch (compil
 or warm-up); runs alternate in rounds in a new random order each round; the figure is
 the median over every timed epoch. Each row also gives the longest first epoch (what
 compilation costs), the peak growth of the resident set during a run (as `loop.py`
-measures it: the median over the rounds) and how far the run's epoch losses are from `fit_gcj`'s (the largest
-relative difference over epochs: a check that every variant trained the same model on
-the same batches; float32 rounding differs between XLA and torch kernels).
+measures it: the median over the rounds) and the relative difference of the run's epoch
+losses from `fit_gcj`'s, for the first epoch (its updates start from the same weights: a check
+that every variant trained the same model on the same batches, to float32 rounding) and
+for the last. Rounding differs between XLA's and torch's kernels, and between XLA's
+per-step and scanned code for convolutions, and training carries it on: the CNN's
+trajectories part at about 1e-6 within the first epoch and by tenths of a percent a few
+epochs later; the MLP's stay within about 3e-7.
 """
 
 from __future__ import annotations
@@ -266,7 +270,8 @@ def run_pair(pair: Pair, chosen: dict[str, Callable[[Pair], Run]], rounds: int) 
       "vs_torch_eager_1_thread": statistics.median(values) / torch_1,
       "first_epoch_s": first[name],
       "peak_growth_mib": statistics.median(growth[name]) / 1024,
-      "loss_rel_diff_vs_fit": max(abs(a - b) / abs(b) for a, b in zip(runs[name].epoch_losses, reference, strict=True)),
+      "epoch0_loss_rel_diff_vs_fit": abs(runs[name].epoch_losses[0] / reference[0] - 1),
+      "last_loss_rel_diff_vs_fit": abs(runs[name].epoch_losses[-1] / reference[-1] - 1),
       "epochs_timed": len(values),
     }
     for name, values in rates.items()
@@ -290,7 +295,8 @@ COLUMNS = (
   "vs_torch_eager_1_thread",
   "first_epoch_s",
   "peak_growth_mib",
-  "loss_rel_diff_vs_fit",
+  "epoch0_loss_rel_diff_vs_fit",
+  "last_loss_rel_diff_vs_fit",
   "epochs_timed",
 )
 

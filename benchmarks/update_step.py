@@ -166,7 +166,7 @@ class Case:
 
   @property
   def build_s(self) -> Optional[float]:
-    return None if self.compile_s is None else self.trace_s + self.compile_s
+    return None if self.compile_s is None or self.trace_s is None else self.trace_s + self.compile_s
 
 
 def jax_case(tx: optax.GradientTransformation, params: Any, grads: Any) -> Case:

@@ -58,7 +58,7 @@ def _cache_blocked_adam(n: int) -> Callable[..., Any]:
 
   def step(params: Any, grads: Any, state: Any) -> tuple[Any, Any]:
     adam = state[0]
-    count = optax.safe_increment(adam.count)
+    count = jnp.asarray(optax.safe_increment(adam.count))
     bc1, bc2 = transforms.bias_correction(B1, count), transforms.bias_correction(B2, count)
 
     def chunk(i: Any, carry: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
