@@ -40,6 +40,10 @@ import pytest
 
 import gradcore_jax as gcj
 
+# One worker runs the whole file (`--dist loadgroup`): its tests share one subprocess run, and the
+# other worker keeps running the rest of the suite instead of waiting for that run.
+pytestmark = pytest.mark.xdist_group("multihost")
+
 TESTS = pathlib.Path(__file__).parent
 WORKER = TESTS / "_multihost_worker.py"
 NO_GLOO = 77  # the worker's exit status when gloo CPU collectives are unavailable

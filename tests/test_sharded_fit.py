@@ -16,6 +16,10 @@ import sys
 import pytest
 from _once import session_report
 
+# One worker runs the whole file (`--dist loadgroup`): its tests share one subprocess run, and the
+# other worker keeps running the rest of the suite instead of waiting for that run.
+pytestmark = pytest.mark.xdist_group("sharded_fit")
+
 SCRIPT = pathlib.Path(__file__).with_name("_sharded_fit.py")
 RUNS = ("replicated", "fsdp", "resumed", "explicit")
 # Float32 rounding: 8 devices sum a batch in another order than one device does.

@@ -25,6 +25,10 @@ import sys
 import pytest
 from _once import session_report
 
+# One worker runs the whole file (`--dist loadgroup`): its tests share one subprocess run, and the
+# other worker keeps running the rest of the suite instead of waiting for that run.
+pytestmark = pytest.mark.xdist_group("sharding")
+
 SCRIPT = pathlib.Path(__file__).with_name("_sharded_optimizers.py")
 MODES = ("explicit", "auto")
 # Float32 rounding: the sharded gradients sum the batch in another order than one device does.
