@@ -20,7 +20,7 @@ import pytest
 
 # One worker runs the whole file (`--dist loadgroup`): its tests share one subprocess run, and the
 # other worker keeps running the rest of the suite instead of waiting for that run.
-pytestmark = pytest.mark.xdist_group("benchmarks")
+pytestmark = [pytest.mark.xdist_group("benchmarks"), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,6 +19,9 @@ import pytest
 
 from gradcore_jax import idx
 
+# End-to-end runs of every example: `pytest -m slow` (left out of the default run, see pyproject.toml).
+pytestmark = pytest.mark.slow
+
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

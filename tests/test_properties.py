@@ -46,7 +46,7 @@ from hypothesis.extra import numpy as hnp
 
 import gradcore_jax as gcj
 
-EXAMPLES = int(os.environ.get("GRADCORE_PROPERTY_EXAMPLES", "10"))
+EXAMPLES = int(os.environ.get("GRADCORE_PROPERTY_EXAMPLES", "6"))
 DERANDOMIZE = os.environ.get("GRADCORE_PROPERTY_RANDOM", "") != "1"
 STEPS = 7  # RAdam rectifies from step 6 on
 MAX_ABS = 100.0
