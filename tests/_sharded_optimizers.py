@@ -88,13 +88,8 @@ def _loss(params, x, y, gather):
   return jnp.mean((pred - y) ** 2) + 1e-3 * jnp.sum(w1**2)
 
 
-def _train(tx, params, xs, ys, gather):
-  """`STEPS` updates in one jitted `lax.scan`, from `tx.init(params)`."""
-  return _train_side_by_side([tx], params, xs, ys, gather)[0]
-
-
 def _train_side_by_side(txs, params, xs, ys, gather):
-  """`_train` for each of `txs`, in one program (one compilation instead of one per optimizer)."""
+  """`STEPS` updates of each of `txs` from `tx.init(params)`, in one jitted `lax.scan` (one compilation for all)."""
 
   def step(carry, batch):
     stepped = []
@@ -211,16 +206,19 @@ def run_on_mesh(mode: str, values, xs, ys) -> dict:
     # Negative control: an Adam state moved onto one replicated layout must be flagged.
     report["control_problems"] = len(check.problems(jax.device_put(gcj.adam().init(params), replicated)))
 
-    for name, tx in CASES:
+    txs = [tx for _, tx in CASES]
+    # One program trains every case (and one initialises them all): a compilation per mode, not per case.
+    finals = _train_side_by_side(txs, params, *batches, gather=lambda a: jax.sharding.reshard(a, replicated))
+    jitted_inits = jax.jit(lambda p: [tx.init(p) for tx in txs])(params) if mode == "explicit" else None
+    for index, ((name, tx), (final_params, final_state)) in enumerate(zip(CASES, finals, strict=True)):
       stages = {"init": tx.init(params), "init(ShapeDtypeStruct)": tx.init(abstract)}
-      final_params, final_state = _train(tx, params, *batches, gather=lambda a: jax.sharding.reshard(a, replicated))
       stages["params after jitted updates"] = final_params
       stages["state after jitted updates"] = final_state
       mismatches = []
       if mode == "explicit":
         # Under Auto axes the compiler chooses the layout of a state made inside `jit`, and
         # `eval_shape` reports no shardings at all (see the README); Explicit axes carry them.
-        stages["jit(init)"] = jax.jit(tx.init)(params)
+        stages["jit(init)"] = jitted_inits[index]
         mismatches += [f"eval_shape(init): {p}" for p in check.problems(jax.eval_shape(tx.init, abstract), abstract=True)]
       mismatches += [f"{stage}: {p}" for stage, tree in stages.items() for p in check.problems(tree)]
       report["cases"][name] = {

@@ -23,9 +23,10 @@ estimate cancels to exactly 0 for repeated gradients, takes `eps >= CENTERED_FLO
 in float16 so that `MAX_ABS / eps` stays finite.
 
 Examples are drawn deterministically (`derandomize=True`), so CI runs the same ones every
-time; set GRADCORE_PROPERTY_RANDOM=1 to explore new ones.
-
-Set GRADCORE_PROPERTY_EXAMPLES to run more examples than the quick default.
+time; set GRADCORE_PROPERTY_RANDOM=1 to explore new ones. The default run takes `EXAMPLES`
+per optimizer (most of their cost is eager mode compiling each operation for each new shape
+and dtype); the `slow` tier (`pytest -m slow`) takes `SLOW_EXAMPLES`, and
+GRADCORE_PROPERTY_EXAMPLES sets the default run's number.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from hypothesis.extra import numpy as hnp
 
 import gradcore_jax as gcj
 
-EXAMPLES = int(os.environ.get("GRADCORE_PROPERTY_EXAMPLES", "6"))
+EXAMPLES = int(os.environ.get("GRADCORE_PROPERTY_EXAMPLES", "3"))
+SLOW_EXAMPLES = 30
 DERANDOMIZE = os.environ.get("GRADCORE_PROPERTY_RANDOM", "") != "1"
 STEPS = 7  # RAdam rectifies from step 6 on
 MAX_ABS = 100.0
@@ -234,7 +236,7 @@ def _assert_like(tree, reference, what: str) -> None:
 
 
 def _run(tx, params, grads, update):
-  """`STEPS` updates through `update`; checks every one; returns the updates."""
+  """`STEPS` updates through `update`; checks every one; returns [(params, their update)] per step."""
   state0 = tx.init(params)
   state, history = state0, []
   for g in grads:
@@ -242,17 +244,27 @@ def _run(tx, params, grads, update):
     _assert_like(updates, g, "update")
     chex.assert_tree_all_finite(updates)
     _assert_like(state, state0, "state")
+    history.append((params, updates))
     params = optax.apply_updates(params, updates)
-    history.append(updates)
   return history
 
 
-def _assert_jit_agrees(eager, jitted, spec) -> None:
-  for step, (a_tree, b_tree) in enumerate(zip(eager, jitted)):
-    for leaf, a, b in zip(jax.tree.leaves(spec), jax.tree.leaves(a_tree), jax.tree.leaves(b_tree)):
+# ASGD outputs `p - p_new` so that `p + update` is torch's `p_new`: a difference of two nearly
+# equal params, whose rounding is that of `p`, not of the (much smaller) update. Jit and eager
+# mode may round `p * (1 - lambd*eta) - eta*g` differently (a fused multiply-add), so its
+# updates agree to the params' precision.
+UPDATE_IS_A_PARAM_DIFFERENCE = frozenset({"asgd"})
+
+
+def _assert_jit_agrees(eager, jitted, spec, name: str) -> None:
+  for step, ((params, a_tree), (_, b_tree)) in enumerate(zip(eager, jitted)):
+    for leaf, p, a, b in zip(jax.tree.leaves(spec), jax.tree.leaves(params), jax.tree.leaves(a_tree), jax.tree.leaves(b_tree)):
       a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
       tol = JIT_TOLERANCE[leaf.dtype]
-      np.testing.assert_allclose(b, a, rtol=tol, atol=tol * np.max(np.abs(a), initial=0.0), err_msg=f"step {step}")
+      scale = np.max(np.abs(a), initial=0.0)
+      if name in UPDATE_IS_A_PARAM_DIFFERENCE:
+        scale = max(scale, np.max(np.abs(np.asarray(p, np.float64)), initial=0.0))
+      np.testing.assert_allclose(b, a, rtol=tol, atol=tol * scale, err_msg=f"step {step}")
 
 
 def _ill_conditioned(name: str, kwargs: dict) -> bool:
@@ -264,9 +276,10 @@ def _ill_conditioned(name: str, kwargs: dict) -> bool:
   return name == "rmsprop" and kwargs["centered"] and kwargs["alpha"] < 0.9
 
 
+@pytest.mark.parametrize("examples", [EXAMPLES, pytest.param(SLOW_EXAMPLES, marks=pytest.mark.slow)], ids=["quick", "many"])
 @pytest.mark.parametrize("name", gcj.optimizers.names())
-def test_optimizer_properties(name):
-  @settings(max_examples=EXAMPLES, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+def test_optimizer_properties(name, examples):
+  @settings(max_examples=examples, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
   @given(problem=problems(name))
   def check(problem):
     spec, kwargs, params_np, grads_np = problem
@@ -282,7 +295,7 @@ def test_optimizer_properties(name):
       eager = _run(tx, params, grads, tx.update)
       jitted = _run(tx, params, grads, jax.jit(tx.update))
       if not _ill_conditioned(name, kwargs):
-        _assert_jit_agrees(eager, jitted, spec)
+        _assert_jit_agrees(eager, jitted, spec, name)
 
   check()
 
