@@ -79,7 +79,13 @@ def _train(tx: optax.GradientTransformation, params: Any, steps: int = STEPS) ->
   return params
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
+# The default run checks the optimizers whose states differ most in kind (momentum, centered averages,
+# amsgrad maxima with a count, a schedule's count, NAdam's float product, Rprop's step sizes, ASGD's
+# average and float scalars); the others, whose states repeat those kinds, are the `slow` tier's.
+SLOW = frozenset({"sgd", "sgd_ema", "adagrad", "adadelta", "adamax", "radam"})
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else []) for n in OPTIMIZERS])
 def test_bitwise_equal_to_the_wrapped_optimizer(name: str) -> None:
   params = _tree()
   assert len(jax.tree.leaves(params)) == 40

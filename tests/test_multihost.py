@@ -40,9 +40,10 @@ import pytest
 
 import gradcore_jax as gcj
 
-# One worker runs the whole file (`--dist loadgroup`): its tests share one subprocess run, and the
-# other worker keeps running the rest of the suite instead of waiting for that run.
-pytestmark = pytest.mark.xdist_group("multihost")
+# One worker runs the files that launch multi-device subprocesses (test_sharding, test_sharded_fit,
+# test_multihost; `--dist loadgroup`), one launch after another: each file's tests share one launch, the
+# launches do not compete with each other for the cores, and the other worker keeps running the rest.
+pytestmark = pytest.mark.xdist_group("multi_device_subprocesses")
 
 TESTS = pathlib.Path(__file__).parent
 WORKER = TESTS / "_multihost_worker.py"

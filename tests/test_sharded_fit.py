@@ -16,9 +16,10 @@ import sys
 import pytest
 from _once import session_report
 
-# One worker runs the whole file (`--dist loadgroup`): its tests share one subprocess run, and the
-# other worker keeps running the rest of the suite instead of waiting for that run.
-pytestmark = pytest.mark.xdist_group("sharded_fit")
+# One worker runs the files that launch multi-device subprocesses (test_sharding, test_sharded_fit,
+# test_multihost; `--dist loadgroup`), one launch after another: each file's tests share one launch, the
+# launches do not compete with each other for the cores, and the other worker keeps running the rest.
+pytestmark = pytest.mark.xdist_group("multi_device_subprocesses")
 
 SCRIPT = pathlib.Path(__file__).with_name("_sharded_fit.py")
 RUNS = ("replicated", "fsdp", "resumed", "explicit")
