@@ -214,10 +214,17 @@ def test_repeated_steps_compile_once(name):
 
 # ----------------------------------------------------------------- dtypes and structures
 
-DTYPES = [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64]
+# float16/bfloat16 under `lax.cond` are the `slow` tier's: the default run's property tests
+# (tests/test_properties.py) already check every optimizer's state dtypes across jitted updates in them.
+DTYPES = [
+    pytest.param(jnp.float16, id="float16", marks=pytest.mark.slow),
+    pytest.param(jnp.bfloat16, id="bfloat16", marks=pytest.mark.slow),
+    pytest.param(jnp.float32, id="float32"),
+    pytest.param(jnp.float64, id="float64"),
+]
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dtypes_stable_under_lax_cond(name, dtype):
   with jax.enable_x64(dtype == jnp.float64):
