@@ -96,6 +96,10 @@ class UnreadableCheckpointError(OSError):
   Attributes:
     failures: `[(folder, reason), ...]`, one per checkpoint that could not be read, newest
       first. Nothing was deleted or renamed.
+
+  Args:
+    message: the error message.
+    failures: the `(folder, reason)` pairs, stored as a new list in `failures`.
   """
 
   def __init__(self, message: str, failures: list[Failure]) -> None:

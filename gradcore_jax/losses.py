@@ -322,6 +322,12 @@ def mse(y_pred: ArrayLike, y_true: ArrayLike, **options: Unpack[LossOptions]) ->
 
   torch: `F.mse_loss`. Element-wise term: `optax.losses.squared_error` (no 0.5 factor,
   unlike `optax.losses.l2_loss`).
+
+  Args:
+    y_pred: predictions, shape (batch, ...).
+    y_true: targets, the shape of `y_pred`.
+    **options: `reduction` ("mean", "sum" or "none"), `sample_weight` and `mask`, as in
+      `LossOptions` and the module docstring.
   """
   return _loss(optax.losses.squared_error, y_pred, y_true, **options)
 
@@ -330,6 +336,12 @@ def l1(y_pred: ArrayLike, y_true: ArrayLike, **options: Unpack[LossOptions]) -> 
   """Mean absolute error, `l = mean(|y_pred - y_true|)` over each example's elements.
 
   torch: `F.l1_loss`. Also available as `mae`.
+
+  Args:
+    y_pred: predictions, shape (batch, ...).
+    y_true: targets, the shape of `y_pred`.
+    **options: `reduction` ("mean", "sum" or "none"), `sample_weight` and `mask`, as in
+      `LossOptions` and the module docstring.
   """
   return _loss(_absolute_error, y_pred, y_true, **options)
 
@@ -343,6 +355,13 @@ def huber(y_pred: ArrayLike, y_true: ArrayLike, *, delta: float = 1.0, **options
   torch: `F.huber_loss(..., delta=delta)` (not `smooth_l1_loss`, which divides by beta).
   Element-wise term: `optax.losses.huber_loss`. `delta` must be a number or a scalar array
   > 0; a concrete one is checked, a traced one cannot be.
+
+  Args:
+    y_pred: predictions, shape (batch, ...).
+    y_true: targets, the shape of `y_pred`.
+    delta: where the quadratic turns linear; default 1.0.
+    **options: `reduction` ("mean", "sum" or "none"), `sample_weight` and `mask`, as in
+      `LossOptions` and the module docstring.
   """
   if not (_checks.is_number(delta) or isinstance(delta, (np.ndarray, np.generic, jax.Array))):
     raise TypeError(f"delta must be a number > 0 or a scalar array, got {type(delta).__name__} {delta!r}.")
@@ -357,6 +376,12 @@ def bce(y_pred: ArrayLike, y_true: ArrayLike, **options: Unpack[LossOptions]) ->
   at -100 as in torch: `F.binary_cross_entropy`. Prefer `bce_with_logits` for training.
   A concrete value outside [0, 1] in either raises a ValueError naming it (as torch
   raises); under `jit` that example's loss is NaN.
+
+  Args:
+    y_pred: probabilities in [0, 1], shape (batch, ...).
+    y_true: targets in [0, 1], the shape of `y_pred`.
+    **options: `reduction` ("mean", "sum" or "none"), `sample_weight` and `mask`, as in
+      `LossOptions` and the module docstring.
   """
   return _loss(
     _probability_bce, y_pred, y_true, domains=(_probabilities("y_pred"), _probabilities("y_true")), **options
@@ -370,6 +395,12 @@ def bce_with_logits(y_pred: ArrayLike, y_true: ArrayLike, **options: Unpack[Loss
   `optax.losses.sigmoid_binary_cross_entropy`. `y_true` holds targets in [0, 1]: a concrete
   one outside raises a ValueError (torch computes a meaningless value); under `jit` that
   example's loss is NaN.
+
+  Args:
+    y_pred: logits, shape (batch, ...).
+    y_true: targets in [0, 1], the shape of `y_pred`.
+    **options: `reduction` ("mean", "sum" or "none"), `sample_weight` and `mask`, as in
+      `LossOptions` and the module docstring.
   """
   domains = (_probabilities("y_true"),)
   return _loss(optax.losses.sigmoid_binary_cross_entropy, y_pred, y_true, domains=domains, **options)
@@ -391,6 +422,12 @@ def cross_entropy(y_pred: ArrayLike, y_true: ArrayLike, **options: Unpack[LossOp
   probability outside, in an unmasked example, raises a ValueError naming it (torch raises
   for labels); under `jit` that example's loss is NaN (never the last class's score, which
   is what a label -1 would otherwise read).
+
+  Args:
+    y_pred: logits, shape (batch, ..., classes).
+    y_true: integer labels of shape (batch, ...), or class probabilities the shape of `y_pred`.
+    **options: `reduction` ("mean", "sum" or "none"), `sample_weight` and `mask`, as in
+      `LossOptions` and the module docstring.
   """
   if _is_integer(y_true):
     return _loss(optax.losses.softmax_cross_entropy_with_integer_labels, y_pred, y_true, labels=True, **options)
@@ -404,6 +441,12 @@ def nll(y_pred: ArrayLike, y_true: ArrayLike, **options: Unpack[LossOptions]) ->
   integer dtype; labels must lie in [0, classes): a concrete label outside, in an unmasked
   example, raises a ValueError naming it (as torch raises); under `jit` that example's loss
   is NaN. Use `mask` for torch's `ignore_index`.
+
+  Args:
+    y_pred: log-probabilities, shape (batch, ..., classes).
+    y_true: integer labels, shape (batch, ...).
+    **options: `reduction` ("mean", "sum" or "none"), `sample_weight` and `mask`, as in
+      `LossOptions` and the module docstring.
   """
   if not _is_integer(_as_array("y_true", y_true)):
     raise ValueError(f"nll needs integer class labels in y_true, got dtype {jnp.asarray(y_true).dtype}.")
@@ -422,6 +465,13 @@ def kl_div(y_pred: ArrayLike, y_true: ArrayLike, *, log_target: bool = False, **
   Element-wise term: `optax.losses.kl_divergence` / `kl_divergence_with_log_targets`.
   `y_true` must hold probabilities in [0, 1] (log-probabilities <= 0 with `log_target`): a
   concrete value outside raises a ValueError naming it; under `jit` that example's loss is NaN.
+
+  Args:
+    y_pred: log-probabilities, shape (batch, ..., classes).
+    y_true: probabilities (log-probabilities with `log_target`), the shape of `y_pred`.
+    log_target: whether `y_true` holds log-probabilities; default False.
+    **options: `reduction` ("mean", "sum" or "none"), `sample_weight` and `mask`, as in
+      `LossOptions` and the module docstring.
   """
   if not isinstance(log_target, (bool, np.bool_)):
     raise TypeError(f"log_target must be True or False, got {log_target!r}.")
@@ -441,5 +491,11 @@ def hinge(y_pred: ArrayLike, y_true: ArrayLike, **options: Unpack[LossOptions]) 
   is the per-sample hinge of scikit-learn's binary `hinge_loss`. PyTorch has no direct
   counterpart (`F.hinge_embedding_loss` is a different loss). Element-wise term:
   `optax.losses.hinge_loss`.
+
+  Args:
+    y_pred: scores, shape (batch, ...).
+    y_true: targets -1 or +1, the shape of `y_pred`.
+    **options: `reduction` ("mean", "sum" or "none"), `sample_weight` and `mask`, as in
+      `LossOptions` and the module docstring.
   """
   return _loss(optax.losses.hinge_loss, y_pred, y_true, domains=(_SIGNS,), **options)

@@ -17,6 +17,11 @@ class StateMemory(NamedTuple):
   `multiple` is `state_bytes / param_bytes`: 1.0 for RMSprop and Adagrad, 2.0 for
   Adam (its first and second moments), 0.0 for plain SGD, up to the few bytes of
   scalar step counters.
+
+  Attributes:
+    state_bytes: bytes of the optimizer state's array leaves.
+    param_bytes: bytes of the params' array leaves.
+    multiple: `state_bytes / param_bytes`.
   """
 
   state_bytes: int
@@ -41,6 +46,13 @@ def state_memory(opt_state: PyTree, params: PyTree) -> StateMemory:
   Works on concrete arrays and on `jax.eval_shape` outputs, so a large model's state
   can be sized before it is allocated:
   `state_memory(jax.eval_shape(tx.init, params), params)`.
+
+  Args:
+    opt_state: an optimizer state (arrays, NumPy arrays or `ShapeDtypeStruct`s).
+    params: the params it optimizes, whose bytes are the unit of `multiple`.
+
+  Returns:
+    A `StateMemory`. Raises a ValueError when `params` holds no array leaves.
   """
   state_bytes = tree_bytes(opt_state)
   param_bytes = tree_bytes(params)

@@ -118,6 +118,14 @@ class ParamsSignature:
   `Variable`-wrapped params and updates with plain arrays. The leaf paths are kept for
   error messages only. The hash is computed once, as `jit` hashes the state's tree
   structure on every call.
+
+  Attributes:
+    leaves: one `(shape, dtype name)` pair per leaf, in tree order; `((), "None")` for a
+      `None` leaf.
+    paths: each leaf's path as `jax.tree_util.keystr` writes it (`"<root>"` for a bare leaf).
+
+  Args:
+    tree: the params (arrays, tracers or `jax.ShapeDtypeStruct`s; `None` leaves count).
   """
 
   __slots__ = ("_hash", "leaves", "paths")
@@ -148,7 +156,14 @@ def _shape_and_dtype(leaf: Any) -> tuple[tuple[int, ...], str]:
 
 
 class MultiTensorState(NamedTuple):
-  """`tx`'s state over the packed tree, each packed leaf's offset in its group's buffer, the params' signature."""
+  """`tx`'s state over the packed tree, each packed leaf's offset in its group's buffer, the params' signature.
+
+  Attributes:
+    inner: the wrapped optimizer's state for the packed tree `(flat_buffers, large_leaves)`.
+    offsets: per dtype group, one int32 scalar per packed leaf: where the leaf starts in the
+      group's flat buffer.
+    params_signature: the `ParamsSignature` of the params `init` was given (static).
+  """
 
   inner: optax.OptState
   offsets: tuple[tuple[Array, ...], ...]

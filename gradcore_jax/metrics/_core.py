@@ -39,6 +39,11 @@ class CompensatedSum(NamedTuple):
   so `value + compensation` stays exact to about float64 precision where a plain float32
   total drifts by ~1e-6 relative after 10⁴–10⁶ additions. Both arrays have the same shape:
   `()` for a scalar statistic, `(classes,)` or `(thresholds,)` for a binned one.
+
+  Attributes:
+    value: the rounded running sum, float32.
+    compensation: the accumulated rounding error of the additions, float32, shaped like
+      `value`.
   """
 
   value: Array
@@ -64,7 +69,15 @@ class MeanState:
 
 
 class Metric(NamedTuple):
-  """A streaming metric: `init`, `update`, `merge`, `compute`, all pure."""
+  """A streaming metric: `init`, `update`, `merge`, `compute`, all pure.
+
+  Attributes:
+    init: `init() -> state`, the state of no data.
+    update: `update(state, *inputs, sample_weight=None, mask=None) -> state`, the state
+      with one batch added (inputs in Keras order, `(y_true, y_pred)`).
+    merge: `merge(state_a, state_b) -> state`, the state of both states' data (associative).
+    compute: `compute(state) -> value`, the metric's value (a dict for a `collection`).
+  """
 
   init: Callable[[], Any]
   update: Callable[..., Any]

@@ -35,7 +35,21 @@ class PlateauState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class ReduceLROnPlateau:
-  """torch's `ReduceLROnPlateau` as `init`/`step`/`lr` functions (see `reduce_lr_on_plateau`)."""
+  """torch's `ReduceLROnPlateau` as `init`/`step`/`lr` functions (see `reduce_lr_on_plateau`).
+
+  Build it with `reduce_lr_on_plateau`, which checks the fields and holds their defaults.
+
+  Attributes:
+    base_lr: the learning rate `init` starts from.
+    mode: "min" (lower metrics are better) or "max".
+    factor: the reduction factor applied to the lr, < 1.
+    patience: the bad epochs tolerated before a reduction, an int >= 0.
+    threshold: the significance threshold of an improvement.
+    threshold_mode: "rel" (threshold relative to `best`) or "abs".
+    cooldown: the epochs after a reduction during which bad epochs are not counted, an int >= 0.
+    min_lr: the lower bound of the lr.
+    eps: the smallest change of the lr applied; a smaller reduction is skipped.
+  """
 
   base_lr: float
   mode: str

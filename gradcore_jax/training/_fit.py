@@ -74,13 +74,22 @@ ON_NONFINITE = ("raise", "skip")
 class NonFiniteLossError(FloatingPointError):
   """A batch loss, gradient or update was NaN or infinite. Indices count from 0, as in `TrainingStats`.
 
-  Attributes: `step` (index into `batch_losses` over the whole run), `epoch`, `batch`
-  (index within the epoch), `loss` (the batch loss), `in_gradients` (True when the loss
-  was finite but a gradient was not) and `in_update` (True when the loss and gradients
-  were finite but the update made the params or the model state non-finite, e.g. an
-  optimizer with `eps=0` dividing a zero gradient by zero). The caller's model, params and
-  optimizer state are left as they were before `fit`, and no checkpoint is written after
-  the step; `partial_result` (set by `fit`) holds the state before it (see `fit`).
+  The caller's model, params and optimizer state are left as they were before `fit`, and
+  no checkpoint is written after the step; `partial_result` (set by `fit`) holds the state
+  before it (see `fit`).
+
+  Attributes:
+    loss: the batch loss, a float (finite when `in_gradients` or `in_update` is True).
+    step: the step's index into `batch_losses`, over the whole run.
+    epoch: the epoch's index.
+    batch: the batch's index within the epoch.
+    in_update: True when the loss and gradients were finite but the update made the params
+      or the model state non-finite, e.g. an optimizer with `eps=0` dividing a zero
+      gradient by zero (keyword-only, default False).
+    in_gradients: True when the loss was finite but a gradient was not (derived from `loss`
+      and `in_update`).
+    partial_result: the `FitResult` of the last checked state, set by `fit` once training
+      has begun; read it with `getattr(err, "partial_result", None)`.
   """
 
   def __init__(self, loss: float, step: int, epoch: int, batch: int, *, in_update: bool = False) -> None:
@@ -107,6 +116,19 @@ class TooManySkippedStepsError(NonFiniteLossError):
   `in_gradients`, `in_update`), with `skipped` listing every step of the streak (counted
   from 0 over the run). Training that skips every step makes no progress; this stops it
   instead of returning the untrained state as a success.
+
+  Attributes:
+    loss: the last skipped step's batch loss.
+    step: the last skipped step's index into `batch_losses`, over the whole run.
+    epoch: the last skipped step's epoch.
+    batch: the last skipped step's index within its epoch.
+    in_update: True when the last skipped step's loss and gradients were finite but its
+      update was not (keyword-only).
+    in_gradients: True when the last skipped step's loss was finite but a gradient was not.
+    skipped: the steps of the streak, a list of ints counted from 0 over the run, ending
+      with `step`.
+    limit: the `max_consecutive_skips` the streak went past (`len(skipped) > limit`).
+    partial_result: as in `NonFiniteLossError`, set by `fit`.
   """
 
   def __init__(

@@ -58,6 +58,26 @@ class TrainingStats:
   contributes to (the same for every batch of a cycle). The optimizer makes one update per
   cycle of `k` batches (and one for an epoch's leftover batches); a cycle holding a
   skipped batch makes none.
+
+  Every field defaults to empty (the lists) or 0 (the counters).
+
+  Attributes:
+    batch_losses: per step, the batch loss with the params before the step's update.
+    running_losses: per step, the epoch's running loss after the step.
+    learning_rates: per step, the learning rate of the update the step contributes to;
+      empty when the optimizer state holds no single injected `learning_rate`.
+    epoch_losses: per epoch, the running loss at the epoch's end.
+    train_metrics: per epoch, `{name: value}` of the metrics accumulated over its training.
+    eval_metrics: per epoch, `{"loss": value, name: value, ...}` of the evaluation after it;
+      no entries without an evaluation loader.
+    epochs_trained: the number of epochs completed.
+    total_steps: the number of steps (batches) taken, `len(batch_losses)`.
+    examples_seen: the real rows of the applied (not skipped) steps, padding excluded.
+    skipped_steps: the indices of the steps skipped as non-finite, counted from 0.
+    epoch_times: per epoch, the wall seconds of its training in this process (compilation
+      included, evaluation excluded).
+    steps_per_second: per epoch, the steps trained in this process divided by its
+      `epoch_times` entry.
   """
 
   batch_losses: list[float] = dataclasses.field(default_factory=list)

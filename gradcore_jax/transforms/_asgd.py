@@ -32,6 +32,12 @@ class ScaleByAsgdState(NamedTuple):
   computes them at the end of each step); they are scalars of the default float dtype
   (float64 under x64), as torch keeps them in its default dtype. `ax` is the running
   average of the parameters, shaped like them: read it with `asgd_average(state)`.
+
+  Attributes:
+    count: the number of updates taken (torch's `step`), an int32 scalar.
+    eta: the step size of the next update (torch's `eta`), a float scalar; `lr` at first.
+    mu: the averaging weight of the next update (torch's `mu`), a float scalar; 1 at first.
+    ax: the running average of the params (torch's `ax`), like the params; 0 at first.
   """
 
   count: Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's field name, shadows tuple.count)

@@ -77,7 +77,12 @@ def clip_by_torch_norm(grads: PyTree, max_norm: Scalar, norm_type: float = 2.0) 
 
 
 class ClipGradNormState(NamedTuple):
-  """`total_norm` is the norm of the last gradients before clipping (what torch returns)."""
+  """`total_norm` is the norm of the last gradients before clipping (what torch returns).
+
+  Attributes:
+    total_norm: the `norm_type`-norm of the last gradients before clipping, a scalar in the
+      params' common dtype; 0 before the first update.
+  """
 
   total_norm: Array
 

@@ -36,6 +36,15 @@ class ScaleByAdafactorState(NamedTuple):
   `(..., m, 1)` and `col_var` its column statistics `(..., 1, n)`, and `variance` holds
   `None`; for a 0-/1-D leaf, `variance` holds its full second moment and the other two
   `None`. So a `(1024, 1024)` matrix keeps 2048 numbers instead of Adam's 2 x 1048576.
+
+  Attributes:
+    count: the number of updates taken (torch's `step`), an int32 scalar.
+    row_var: per leaf of two or more dimensions, the moving average of `g**2` averaged over
+      the last axis, `(..., m, 1)` (torch's `row_var`); `None` for 0-/1-D leaves.
+    col_var: per leaf of two or more dimensions, the moving average of `g**2` averaged over
+      the second-to-last axis, `(..., 1, n)` (torch's `col_var`); `None` for 0-/1-D leaves.
+    variance: per 0-/1-D leaf, the moving average of `g**2`, shaped like the leaf (torch's
+      `variance`); `None` for leaves of two or more dimensions.
   """
 
   count: Array  # pyright: ignore[reportIncompatibleMethodOverride]

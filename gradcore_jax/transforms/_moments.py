@@ -30,7 +30,13 @@ GradientTransformation = optax.GradientTransformationExtraArgs
 
 
 class ScaleByRmsState(NamedTuple):
-  """`grad_avg` is `None` unless the block is centered."""
+  """`grad_avg` is `None` unless the block is centered.
+
+  Attributes:
+    square_avg: the moving average of squared gradients (torch's `square_avg`), like the params.
+    grad_avg: the moving average of gradients (torch's `grad_avg`), like the params; `None`
+      unless `centered`.
+  """
 
   square_avg: PyTree
   grad_avg: PyTree  # None (an empty pytree) unless centered
@@ -85,7 +91,16 @@ def _variance(square_avg: Array, grad_avg: Array) -> Array:
 
 
 class ScaleByAdamState(NamedTuple):
-  """`nu_max` is `None` unless `amsgrad`."""
+  """`nu_max` is `None` unless `amsgrad`.
+
+  Attributes:
+    count: the number of updates taken (torch's `step`), an int32 scalar.
+    mu: the first moment, the moving average of gradients (torch's `exp_avg`), like the params.
+    nu: the second moment, the moving average of squared gradients (torch's `exp_avg_sq`),
+      like the params.
+    nu_max: the running maximum of `nu` (torch's `max_exp_avg_sq`), like the params; `None`
+      unless `amsgrad`.
+  """
 
   count: Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's field name, shadows tuple.count)
   mu: PyTree
@@ -153,7 +168,13 @@ def scale_by_adam(
 
 
 class ScaleByAdamaxState(NamedTuple):
-  """Adamax's state: the step count, the first moment `mu` and the infinity norm `inf_norm`."""
+  """Adamax's state: the step count, the first moment `mu` and the infinity norm `inf_norm`.
+
+  Attributes:
+    count: the number of updates taken (torch's `step`), an int32 scalar.
+    mu: the first moment, the moving average of gradients (torch's `exp_avg`), like the params.
+    inf_norm: the decayed maximum `max(b2 * u, |g| + eps)` (torch's `exp_inf`), like the params.
+  """
 
   count: Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's field name, shadows tuple.count)
   mu: PyTree
@@ -193,7 +214,16 @@ def scale_by_adamax(b1: ScalarOrSchedule = 0.9, b2: Scalar = 0.999, eps: Scalar 
 
 
 class ScaleByNadamState(NamedTuple):
-  """`mu_product` is the running product of the momentum schedule, `prod_{i<=t} mu_i`."""
+  """`mu_product` is the running product of the momentum schedule, `prod_{i<=t} mu_i`.
+
+  Attributes:
+    count: the number of updates taken (torch's `step`), an int32 scalar.
+    mu_product: `prod_{i<=t} mu_i` (torch's `mu_product`), a scalar of the default float
+      dtype (float64 under x64), 1 before the first update.
+    mu: the first moment, the moving average of gradients (torch's `exp_avg`), like the params.
+    nu: the second moment, the moving average of squared gradients (torch's `exp_avg_sq`),
+      like the params.
+  """
 
   count: Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's field name, shadows tuple.count)
   mu_product: Array
@@ -258,7 +288,14 @@ def scale_by_nadam(
 
 
 class ScaleByRadamState(NamedTuple):
-  """RAdam's state: the step count and the first and second moments `mu`, `nu`."""
+  """RAdam's state: the step count and the first and second moments `mu`, `nu`.
+
+  Attributes:
+    count: the number of updates taken (torch's `step`), an int32 scalar.
+    mu: the first moment, the moving average of gradients (torch's `exp_avg`), like the params.
+    nu: the second moment, the moving average of squared gradients (torch's `exp_avg_sq`),
+      like the params.
+  """
 
   count: Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's field name, shadows tuple.count)
   mu: PyTree
@@ -329,7 +366,12 @@ def _radam_rho(b2: Scalar, count: Array) -> Array:
 
 
 class ScaleByAdagradState(NamedTuple):
-  """Adagrad's state: the running sum of squared gradients (torch's `sum`)."""
+  """Adagrad's state: the running sum of squared gradients (torch's `sum`).
+
+  Attributes:
+    sum_of_squares: the sum of squared gradients so far, started at
+      `initial_accumulator_value` (torch's `sum`), like the params.
+  """
 
   sum_of_squares: PyTree
 
@@ -366,7 +408,13 @@ def scale_by_adagrad(initial_accumulator_value: Scalar = 0.0, eps: Scalar = 1e-1
 
 
 class ScaleByAdadeltaState(NamedTuple):
-  """Adadelta's state: the averages of squared gradients and of squared updates (torch's `square_avg`, `acc_delta`)."""
+  """Adadelta's state: the averages of squared gradients and of squared updates (torch's `square_avg`, `acc_delta`).
+
+  Attributes:
+    square_avg: the moving average of squared gradients (torch's `square_avg`), like the params.
+    acc_delta: the moving average of squared outputs `delta**2` (torch's `acc_delta`), like
+      the params.
+  """
 
   square_avg: PyTree
   acc_delta: PyTree

@@ -24,7 +24,13 @@ GradientTransformation = optax.GradientTransformationExtraArgs
 
 
 class TorchMomentumState(NamedTuple):
-  """`count` distinguishes torch's first step, where the buffer is set to the gradient."""
+  """`count` distinguishes torch's first step, where the buffer is set to the gradient.
+
+  Attributes:
+    count: the number of updates taken, an int32 scalar; 0 marks the first step.
+    momentum_buffer: the momentum trace `buf` (torch's `momentum_buffer`), like the params;
+      it holds no learning rate.
+  """
 
   count: Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's field name, shadows tuple.count)
   momentum_buffer: PyTree
@@ -76,7 +82,12 @@ def torch_momentum(
 
 
 class EmaMomentumState(NamedTuple):
-  """The zero-start moving average of the gradients (`sgd_ema`'s `step`)."""
+  """The zero-start moving average of the gradients (`sgd_ema`'s `step`).
+
+  Attributes:
+    momentum_buffer: the moving average `beta * step + (1 - beta) * g`, like the params,
+      starting at 0.
+  """
 
   momentum_buffer: PyTree
 

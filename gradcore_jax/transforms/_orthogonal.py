@@ -32,7 +32,12 @@ ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 
 
 class ScaleByMuonState(NamedTuple):
-  """Torch's Muon state: one momentum buffer per (2-D) leaf, in the leaf's dtype."""
+  """Torch's Muon state: one momentum buffer per (2-D) leaf, in the leaf's dtype.
+
+  Attributes:
+    momentum_buffer: the moving average `lerp(buf, g, 1 - momentum)` of the gradients
+      (torch's `momentum_buffer`), like the params; 0 at first.
+  """
 
   momentum_buffer: PyTree
 

@@ -28,7 +28,12 @@ def maximize() -> GradientTransformation:
 
 
 class ScaleByLearningRateState(NamedTuple):
-  """Step counter fed to a learning-rate schedule."""
+  """Step counter fed to a learning-rate schedule.
+
+  Attributes:
+    count: the number of updates taken, an int32 scalar: the schedule is called with it
+      (0 on the first update).
+  """
 
   count: Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's field name, shadows tuple.count)
 

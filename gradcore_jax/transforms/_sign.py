@@ -21,7 +21,14 @@ GradientTransformation = optax.GradientTransformationExtraArgs
 
 class ScaleByRpropState(NamedTuple):
   """Torch's Rprop state: `prev` is the last gradient with its sign-flipped entries zeroed,
-  `step_size` the current per-element step size (it starts at the learning rate)."""
+  `step_size` the current per-element step size (it starts at the learning rate).
+
+  Attributes:
+    prev: the last gradient, 0 where its sign flipped (torch's `prev`), like the params; 0 at
+      first.
+    step_size: the per-element step sizes (torch's `step_size`), like the params;
+      `initial_step_size` at first.
+  """
 
   prev: PyTree
   step_size: PyTree
