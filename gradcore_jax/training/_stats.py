@@ -25,8 +25,8 @@ class TrainingStats:
      changed during the epoch, so this is not the loss of any single set of params.
      `train_metrics[e]` are the metrics accumulated in the same way.
   3. `eval_metrics[e]`: the evaluation after epoch `e` with the params fixed, over the
-     whole evaluation loader, exactly (`"loss"` plus each metric). Empty dicts without
-     an evaluation loader.
+     whole evaluation loader, exactly (`"loss"` plus each metric). The list stays empty
+     without an evaluation loader.
 
   Counters: `epochs_trained`, `total_steps` (steps taken, = `len(batch_losses)`),
   `examples_seen` (real rows of the applied steps, padding excluded), `epoch_times` (wall
